@@ -1,0 +1,59 @@
+//! OpenCV interop: converting between OpenCV's BGR `Mat`s and the `RgbImage`s stages exchange.
+
+use opencv::core::{Mat, Vec3b};
+use opencv::imgproc;
+use opencv::prelude::*;
+
+use crate::types::RgbImage;
+
+/// A BGR (or grey/BGRA) 8-bit `Mat` as an RGB image.
+pub fn mat_to_rgb(mat: &Mat) -> opencv::Result<RgbImage> {
+    let code = match mat.channels() {
+        1 => imgproc::COLOR_GRAY2RGB,
+        4 => imgproc::COLOR_BGRA2RGB,
+        _ => imgproc::COLOR_BGR2RGB,
+    };
+    let mut rgb = Mat::default();
+    imgproc::cvt_color(mat, &mut rgb, code, 0)?;
+    let (width, height) = (rgb.cols() as u32, rgb.rows() as u32);
+    let bytes = if rgb.is_continuous() {
+        rgb.data_bytes()?.to_vec()
+    } else {
+        rgb.try_clone()?.data_bytes()?.to_vec()
+    };
+    Ok(RgbImage::from_raw(width, height, bytes).expect("3 bytes per pixel"))
+}
+
+/// An RGB image as a new BGR `Mat` (OpenCV's channel order, for warping and writing video).
+pub fn rgb_to_bgr_mat(image: &RgbImage) -> opencv::Result<Mat> {
+    let pixels: &[Vec3b] = bytemuck_pixels(image.as_raw());
+    let rgb = Mat::new_rows_cols_with_data(image.height() as i32, image.width() as i32, pixels)?;
+    let mut bgr = Mat::default();
+    imgproc::cvt_color(&rgb, &mut bgr, imgproc::COLOR_RGB2BGR, 0)?;
+    Ok(bgr)
+}
+
+/// Views packed RGB bytes as OpenCV 3-byte pixels.
+fn bytemuck_pixels(bytes: &[u8]) -> &[Vec3b] {
+    assert_eq!(bytes.len() % 3, 0);
+    // SAFETY: Vec3b is `#[repr(C)] [u8; 3]` (size 3, align 1), so any 3-byte-aligned slice of
+    // bytes is a valid slice of Vec3b of a third the length.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<Vec3b>(), bytes.len() / 3) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rgb_survives_a_round_trip_through_a_bgr_mat() {
+        let mut image = RgbImage::new(5, 3);
+        for (x, y, px) in image.enumerate_pixels_mut() {
+            *px = image::Rgb([x as u8 * 40, y as u8 * 70, 200]);
+        }
+        let mat = rgb_to_bgr_mat(&image).unwrap();
+        let first = *mat.at_2d::<Vec3b>(0, 1).unwrap();
+        assert_eq!(first.0, [200, 0, 40]);
+        assert_eq!(mat_to_rgb(&mat).unwrap(), image);
+    }
+}

@@ -1,0 +1,11 @@
+//! carivis: recognise people in live video and video files, from galleries of photos and
+//! caricatures. The data path, one module per stage: `capture` → `detect` → `align` → `embed`
+//! → `gallery` → `render` → sinks, wired together only in `pipeline`.
+
+pub mod capture;
+pub mod cv;
+pub mod detect;
+pub mod embed;
+pub mod models;
+pub mod runtime;
+pub mod types;

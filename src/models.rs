@@ -1,0 +1,30 @@
+//! The committed models: where the models folder is and which files the stages expect in it.
+
+use std::path::PathBuf;
+
+use crate::runtime::ModelSpec;
+use crate::{detect, embed};
+
+/// Environment variable that overrides the models folder.
+pub const MODELS_ENV: &str = "CARIVIS_MODELS";
+
+/// The models folder: `$CARIVIS_MODELS`, else `models/` next to the executable, else the
+/// checkout's `models/`.
+pub fn default_models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(MODELS_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("models")))
+        .filter(|d| d.is_dir());
+    beside_exe.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// Every model the default pipeline runs, in data-path order.
+pub const SHIPPED: [ModelSpec; 4] = [
+    detect::PNET_SPEC,
+    detect::RNET_SPEC,
+    detect::ONET_SPEC,
+    embed::DLIB_SPEC,
+];

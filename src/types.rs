@@ -1,0 +1,169 @@
+//! The values that cross stages: frames, face boxes, landmarks, detected faces, chips,
+//! embeddings and modalities. Stages depend on this module, never on each other.
+
+use serde::{Deserialize, Serialize};
+
+/// An RGB image, 8 bits per channel, rows top to bottom (what every stage reads).
+pub type RgbImage = image::RgbImage;
+
+/// An axis-aligned face box in image pixels, `x1,y1` top-left and `x2,y2` bottom-right.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaceBox {
+    /// Left edge.
+    pub x1: f32,
+    /// Top edge.
+    pub y1: f32,
+    /// Right edge.
+    pub x2: f32,
+    /// Bottom edge.
+    pub y2: f32,
+}
+
+impl FaceBox {
+    /// Width, `x2 - x1`.
+    pub fn width(&self) -> f32 {
+        self.x2 - self.x1
+    }
+
+    /// Height, `y2 - y1`.
+    pub fn height(&self) -> f32 {
+        self.y2 - self.y1
+    }
+
+    /// Area, `width × height` (the order "largest first" sorts by).
+    pub fn area(&self) -> f32 {
+        self.width() * self.height()
+    }
+
+    /// Intersection over union with another box (0 when disjoint).
+    pub fn iou(&self, other: &FaceBox) -> f32 {
+        let w = (self.x2.min(other.x2) - self.x1.max(other.x1)).max(0.0);
+        let h = (self.y2.min(other.y2) - self.y1.max(other.y1)).max(0.0);
+        let inter = w * h;
+        let union = self.area() + other.area() - inter;
+        if union > 0.0 { inter / union } else { 0.0 }
+    }
+
+    /// The box with every coordinate multiplied by `factor` (mapping between resolutions).
+    pub fn scaled(&self, factor: f32) -> FaceBox {
+        FaceBox {
+            x1: self.x1 * factor,
+            y1: self.y1 * factor,
+            x2: self.x2 * factor,
+            y2: self.y2 * factor,
+        }
+    }
+
+    /// The coordinates as `[x1, y1, x2, y2]`.
+    pub fn to_array(&self) -> [f32; 4] {
+        [self.x1, self.y1, self.x2, self.y2]
+    }
+}
+
+/// The five facial points MTCNN finds, in image pixels, in this order: left eye, right eye,
+/// nose tip, left mouth corner, right mouth corner ("left" as seen in the image).
+pub type Landmarks = [[f32; 2]; 5];
+
+/// One detected face: box, detector confidence and landmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Face {
+    /// The face box.
+    #[serde(rename = "box", with = "box_as_array")]
+    pub bbox: FaceBox,
+    /// Detector confidence in [0, 1].
+    pub score: f32,
+    /// The five facial points.
+    pub landmarks: Landmarks,
+}
+
+mod box_as_array {
+    use super::FaceBox;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &FaceBox, s: S) -> Result<S::Ok, S::Error> {
+        b.to_array().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FaceBox, D::Error> {
+        let [x1, y1, x2, y2] = <[f32; 4]>::deserialize(d)?;
+        Ok(FaceBox { x1, y1, x2, y2 })
+    }
+}
+
+/// Which kind of picture a face comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    /// A photograph.
+    Photo,
+    /// A caricature (drawn, exaggerated).
+    Caricature,
+}
+
+impl std::fmt::Display for Modality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Modality::Photo => "photo",
+            Modality::Caricature => "caricature",
+        })
+    }
+}
+
+/// A face's embeddings, each L2-normalised. A single-output model fills `shared` only; the
+/// multi-task model fills all three branches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Embedding {
+    /// The shared branch (the only one of a single-output model): for cross-modal comparisons.
+    pub shared: Vec<f32>,
+    /// The photo branch, for photo↔photo comparisons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub photo: Option<Vec<f32>>,
+    /// The caricature branch, for caricature↔caricature comparisons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caricature: Option<Vec<f32>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iou_of_half_overlapping_boxes_is_one_third() {
+        let a = FaceBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 2.0,
+            y2: 1.0,
+        };
+        let b = FaceBox {
+            x1: 1.0,
+            y1: 0.0,
+            x2: 3.0,
+            y2: 1.0,
+        };
+        assert!((a.iou(&b) - 1.0 / 3.0).abs() < 1e-6);
+        let far = FaceBox {
+            x1: 10.0,
+            y1: 10.0,
+            x2: 11.0,
+            y2: 11.0,
+        };
+        assert_eq!(a.iou(&far), 0.0);
+    }
+
+    #[test]
+    fn face_serialises_its_box_as_an_array() {
+        let face = Face {
+            bbox: FaceBox {
+                x1: 1.0,
+                y1: 2.0,
+                x2: 3.0,
+                y2: 4.0,
+            },
+            score: 0.5,
+            landmarks: [[0.0; 2]; 5],
+        };
+        let json = serde_json::to_value(face).unwrap();
+        assert_eq!(json["box"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
+    }
+}

@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests: the real data, the models, the runtime.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use carivis::runtime::{Device, Runtime, RuntimeConfig};
+
+/// The shared face data (`../shared/data` from the project root, or `$CARIVIS_DATA`), or
+/// `None` after printing why the calling test is skipped.
+pub fn data_dir(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("CARIVIS_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    if dir.join("manifest.csv").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED {test}: face data not found at {} (set CARIVIS_DATA)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// The committed models folder.
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// A file under the repository root.
+pub fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A CPU runtime with one thread per session.
+pub fn cpu_runtime() -> Runtime {
+    Runtime::init(RuntimeConfig {
+        device: Device::Cpu,
+        intra_threads: 1,
+    })
+    .expect("ONNX Runtime loads (run scripts/setup)")
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
