@@ -1,5 +1,6 @@
 //! OpenCV interop: converting between OpenCV's BGR `Mat`s and the `RgbImage`s stages exchange.
 
+use opencv::boxed_ref::BoxedRef;
 use opencv::core::{Mat, Vec3b};
 use opencv::imgproc;
 use opencv::prelude::*;
@@ -24,13 +25,33 @@ pub fn mat_to_rgb(mat: &Mat) -> opencv::Result<RgbImage> {
     Ok(RgbImage::from_raw(width, height, bytes).expect("3 bytes per pixel"))
 }
 
-/// An RGB image as a new BGR `Mat` (OpenCV's channel order, for warping and writing video).
+/// An RGB image as a new BGR `Mat` (OpenCV's channel order, for writing video).
 pub fn rgb_to_bgr_mat(image: &RgbImage) -> opencv::Result<Mat> {
-    let pixels: &[Vec3b] = bytemuck_pixels(image.as_raw());
-    let rgb = Mat::new_rows_cols_with_data(image.height() as i32, image.width() as i32, pixels)?;
+    let rgb = image_as_mat(image)?;
     let mut bgr = Mat::default();
     imgproc::cvt_color(&rgb, &mut bgr, imgproc::COLOR_RGB2BGR, 0)?;
     Ok(bgr)
+}
+
+/// A borrowed 3-channel `Mat` over the image's pixels, channel order unchanged (for
+/// operations that treat channels alike: warping, resizing).
+pub fn image_as_mat(image: &RgbImage) -> opencv::Result<BoxedRef<'_, Mat>> {
+    Mat::new_rows_cols_with_data(
+        image.height() as i32,
+        image.width() as i32,
+        bytemuck_pixels(image.as_raw()),
+    )
+}
+
+/// A 3-channel 8-bit `Mat` as an image, channel order unchanged.
+pub fn mat_into_image(mat: &Mat) -> opencv::Result<RgbImage> {
+    let (width, height) = (mat.cols() as u32, mat.rows() as u32);
+    let bytes = if mat.is_continuous() {
+        mat.data_bytes()?.to_vec()
+    } else {
+        mat.try_clone()?.data_bytes()?.to_vec()
+    };
+    Ok(RgbImage::from_raw(width, height, bytes).expect("3 bytes per pixel"))
 }
 
 /// Views packed RGB bytes as OpenCV 3-byte pixels.

@@ -2,6 +2,7 @@
 //! caricatures. The data path, one module per stage: `capture` → `detect` → `align` → `embed`
 //! → `gallery` → `render` → sinks, wired together only in `pipeline`.
 
+pub mod align;
 pub mod capture;
 pub mod cv;
 pub mod detect;

@@ -1,16 +1,17 @@
 //! The `carivis` command line: parses arguments, calls the library, prints. No logic of its own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use carivis::align::{AlignMode, Aligner, DLIB_CHIP_SIZE};
 use carivis::capture::load_image;
 use carivis::detect::{DetectorConfig, Mtcnn};
 use carivis::models::{SHIPPED, default_models_dir};
 use carivis::runtime::{Device, Runtime, RuntimeConfig, check_model};
-use carivis::types::Face;
+use carivis::types::{Face, RgbImage};
 
 /// Recognise people in live video and video files, also when the gallery knows them only
 /// from caricatures.
@@ -33,6 +34,8 @@ enum Command {
     },
     /// Find faces in images: boxes, scores and five landmarks per face, largest first.
     Detect(DetectArgs),
+    /// Write the aligned chip of every face as a PNG: what the embedding model sees.
+    Align(AlignArgs),
 }
 
 #[derive(Subcommand)]
@@ -120,6 +123,51 @@ struct DetectArgs {
     runtime: RuntimeArgs,
 }
 
+/// How faces become chips.
+#[derive(Args, Clone)]
+struct AlignerArgs {
+    /// Alignment: five-point (similarity transform to a template) or crop (box + margin).
+    #[arg(long, value_enum, default_value_t = AlignChoice::FivePoint)]
+    align: AlignChoice,
+    /// Margin on each side for --align crop, as a fraction of the box size.
+    #[arg(long, default_value_t = 0.2)]
+    crop_margin: f32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AlignChoice {
+    FivePoint,
+    Crop,
+}
+
+impl AlignerArgs {
+    fn aligner(&self) -> Aligner {
+        let mode = match self.align {
+            AlignChoice::FivePoint => AlignMode::FivePoint,
+            AlignChoice::Crop => AlignMode::CropOnly {
+                margin: self.crop_margin,
+            },
+        };
+        Aligner::new(mode, DLIB_CHIP_SIZE)
+    }
+}
+
+#[derive(Args)]
+struct AlignArgs {
+    /// Image files.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Folder for the chips (created if missing); files are named IMAGE-STEM_faceN.png.
+    #[arg(long, short, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    aligner: AlignerArgs,
+    #[command(flatten)]
+    detector: DetectorArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -152,6 +200,7 @@ fn run(command: Command) -> Result<ExitCode> {
             command: ModelsCommand::Check { runtime },
         } => models_check(&runtime),
         Command::Detect(args) => detect(&args),
+        Command::Align(args) => align(&args),
     }
 }
 
@@ -194,49 +243,87 @@ fn models_check(args: &RuntimeArgs) -> Result<ExitCode> {
 
 #[derive(serde::Serialize)]
 struct ImageFaces<'a> {
-    image: &'a std::path::Path,
+    image: &'a Path,
     width: u32,
     height: u32,
     faces: Vec<Face>,
 }
 
-fn detect(args: &DetectArgs) -> Result<ExitCode> {
-    let runtime = args.runtime.runtime()?;
-    let mut detector = Mtcnn::open(&runtime, &args.runtime.models_dir(), args.detector.config())
-        .context("cannot start the face detector")?;
-    let mut failed = 0;
-    for path in &args.images {
-        let result = load_image(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|image| {
-                Ok((
-                    detector
-                        .detect(&image)
-                        .with_context(|| path.display().to_string())?,
-                    image,
-                ))
-            });
-        match result {
-            Ok((faces, image)) => print_faces(
-                &ImageFaces {
-                    image: path,
-                    width: image.width(),
-                    height: image.height(),
-                    faces,
-                },
-                args.json,
-            )?,
+fn open_detector(runtime: &RuntimeArgs, detector: &DetectorArgs) -> Result<Mtcnn> {
+    Mtcnn::open(
+        &runtime.runtime()?,
+        &runtime.models_dir(),
+        detector.config(),
+    )
+    .context("cannot start the face detector")
+}
+
+/// Reads an image and finds its faces; errors name the file.
+fn load_and_detect(detector: &mut Mtcnn, path: &Path) -> Result<(RgbImage, Vec<Face>)> {
+    let image = load_image(path)?;
+    let faces = detector
+        .detect(&image)
+        .with_context(|| path.display().to_string())?;
+    Ok((image, faces))
+}
+
+/// Runs `each` on every path, reporting failures on stderr one by one; exit code 1 if any failed.
+fn for_each_file(paths: &[PathBuf], mut each: impl FnMut(&Path) -> Result<()>) -> ExitCode {
+    let failed = paths
+        .iter()
+        .filter(|path| match each(path) {
+            Ok(()) => false,
             Err(e) => {
-                failed += 1;
                 eprintln!("error: {e:#}");
+                true
             }
-        }
-    }
-    Ok(if failed > 0 {
+        })
+        .count();
+    if failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
+}
+
+fn detect(args: &DetectArgs) -> Result<ExitCode> {
+    let mut detector = open_detector(&args.runtime, &args.detector)?;
+    Ok(for_each_file(&args.images, |path| {
+        let (image, faces) = load_and_detect(&mut detector, path)?;
+        print_faces(
+            &ImageFaces {
+                image: path,
+                width: image.width(),
+                height: image.height(),
+                faces,
+            },
+            args.json,
+        )
+    }))
+}
+
+fn align(args: &AlignArgs) -> Result<ExitCode> {
+    let mut detector = open_detector(&args.runtime, &args.detector)?;
+    let aligner = args.aligner.aligner();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    Ok(for_each_file(&args.images, |path| {
+        let (image, faces) = load_and_detect(&mut detector, path)?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (i, face) in faces.iter().enumerate() {
+            let chip = aligner
+                .align(&image, face)
+                .with_context(|| format!("{}: face {i}", path.display()))?;
+            let target = args.out.join(format!("{stem}_face{i}.png"));
+            chip.save(&target)
+                .with_context(|| format!("cannot write {}", target.display()))?;
+            println!("{}", target.display());
+        }
+        Ok(())
+    }))
 }
 
 fn print_faces(result: &ImageFaces<'_>, json: bool) -> Result<()> {
