@@ -336,7 +336,7 @@ mod tests {
             y2: 150.0,
         });
         let t = aligner.transform(&face).unwrap();
-        let corner = t.apply([50.0, 0.0]);
+        let corner = t.apply([75.0, 25.0]);
         assert!(corner[0].abs() < 1e-9 && corner[1].abs() < 1e-9);
         assert!((t.scale() - 1.0).abs() < 1e-9);
     }
