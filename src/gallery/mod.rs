@@ -1,0 +1,625 @@
+//! The gallery: known people, each with any number of photo and caricature entries, their
+//! embeddings, HNSW indexes per branch and modality, and identification with per-direction
+//! thresholds. Adding a person needs no retraining and touches no other entry's embedding.
+
+pub mod index;
+pub mod matching;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use index::Index;
+use matching::{Branch, Candidate, Neighbour, Thresholds, rank_identities};
+use store::{Entry, Lock, Manifest, ModelId, Settings};
+
+use crate::types::{Embedding, Modality};
+
+/// Why a gallery operation failed. Every variant names the directory or file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum GalleryError {
+    /// No `gallery.json` in the directory.
+    #[error(
+        "{0} is not a carivis gallery (no gallery.json); create one with `carivis gallery create`"
+    )]
+    NotAGallery(PathBuf),
+    /// `create` on a directory that already holds files.
+    #[error("{0} already exists and is not empty; choose a new directory")]
+    AlreadyExists(PathBuf),
+    /// A gallery file fails its checks.
+    #[error("gallery file {file} is damaged: {reason}")]
+    Damaged {
+        /// The damaged file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gallery's embeddings come from a different model than the one in use.
+    #[error(
+        "gallery {dir} was made with model {gallery} (sha256 {gallery_sha:.12}…), but the current model is \
+         {current} (sha256 {current_sha:.12}…); run `carivis gallery rebuild {dir}` to re-embed it"
+    )]
+    ModelMismatch {
+        /// The gallery directory.
+        dir: PathBuf,
+        /// The gallery's model file name.
+        gallery: String,
+        /// Its checksum.
+        gallery_sha: String,
+        /// The current model file name.
+        current: String,
+        /// Its checksum.
+        current_sha: String,
+    },
+    /// Another process is changing the gallery.
+    #[error("gallery {0} is being changed by another process; try again when it has finished")]
+    Busy(PathBuf),
+    /// An embedding of the wrong shape.
+    #[error("embedding has {got} values in branch {branch}, the gallery stores {expected}")]
+    Dimension {
+        /// Branch name.
+        branch: &'static str,
+        /// Dimension the gallery stores.
+        expected: usize,
+        /// Dimension given.
+        got: usize,
+    },
+    /// `remove` of a name the gallery does not hold.
+    #[error("no entries named {0:?} in the gallery")]
+    UnknownName(String),
+}
+
+impl GalleryError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        GalleryError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A new entry's description, before it gets an id.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    /// Display name.
+    pub name: String,
+    /// Photo or caricature.
+    pub modality: Modality,
+    /// Source image.
+    pub source: PathBuf,
+    /// sha256 of the source image.
+    pub source_sha256: String,
+    /// Face box in the source.
+    pub bbox: [f32; 4],
+    /// Landmarks, when detected.
+    pub landmarks: Option<crate::types::Landmarks>,
+    /// How the chip was made.
+    pub enrolment: store::Enrolment,
+}
+
+/// Result of identifying one probe.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Identification {
+    /// The decided identity, or `None` (shown as "unknown").
+    pub identity: Option<String>,
+    /// The best candidate's score.
+    pub similarity: f32,
+    /// The threshold it was held against.
+    pub threshold: f32,
+    /// Modality of the entries it matched.
+    pub matched_modality: Option<Modality>,
+    /// Candidate identities, best first.
+    pub candidates: Vec<Candidate>,
+}
+
+/// An index over the entries of one modality in one branch, and which entries its rows are.
+struct ModalityIndex {
+    index: Index,
+    entries: Vec<usize>,
+}
+
+/// An open gallery.
+pub struct Gallery {
+    dir: PathBuf,
+    manifest: Manifest,
+    vectors: Vec<f32>,
+    indexes: HashMap<(Branch, Modality), OnceLock<ModalityIndex>>,
+    _lock: Option<Lock>,
+}
+
+impl Gallery {
+    /// Creates an empty gallery in `dir` (created if missing; must be empty) for `model`.
+    pub fn create(dir: &Path, model: ModelId) -> Result<Self, GalleryError> {
+        let occupied = dir.is_dir()
+            && std::fs::read_dir(dir)
+                .map_err(|e| GalleryError::io(dir, e))?
+                .next()
+                .is_some();
+        if occupied || dir.is_file() {
+            return Err(GalleryError::AlreadyExists(dir.to_path_buf()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| GalleryError::io(dir, e))?;
+        let lock = store::lock(dir)?;
+        let mut manifest = Manifest {
+            format: store::FORMAT_VERSION,
+            model,
+            settings: Settings::default(),
+            embeddings: store::EmbeddingsFile {
+                file: String::new(),
+                rows: 0,
+                sha256: String::new(),
+            },
+            generation: 0,
+            next_id: 1,
+            entries: Vec::new(),
+        };
+        store::save(dir, &mut manifest, &[])?;
+        Ok(Self::assemble(dir, manifest, Vec::new(), Some(lock)))
+    }
+
+    /// Opens a gallery to read it; refuses one made by a different model than `model`.
+    pub fn open(dir: &Path, model: &ModelId) -> Result<Self, GalleryError> {
+        let gallery = Self::open_unchecked(dir)?;
+        gallery.check_model(model)?;
+        Ok(gallery)
+    }
+
+    /// Opens a gallery without checking its model (listing, removing, rebuilding).
+    pub fn open_unchecked(dir: &Path) -> Result<Self, GalleryError> {
+        let (manifest, vectors) = store::load(dir)?;
+        Ok(Self::assemble(dir, manifest, vectors, None))
+    }
+
+    /// Opens a gallery to change it, holding its lock until dropped.
+    pub fn open_for_update(dir: &Path) -> Result<Self, GalleryError> {
+        if !dir.join(store::MANIFEST_FILE).is_file() {
+            return Err(GalleryError::NotAGallery(dir.to_path_buf()));
+        }
+        let lock = store::lock(dir)?;
+        let (manifest, vectors) = store::load(dir)?;
+        Ok(Self::assemble(dir, manifest, vectors, Some(lock)))
+    }
+
+    fn assemble(dir: &Path, manifest: Manifest, vectors: Vec<f32>, lock: Option<Lock>) -> Self {
+        let mut gallery = Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            vectors,
+            indexes: HashMap::new(),
+            _lock: lock,
+        };
+        gallery.reset_indexes();
+        gallery
+    }
+
+    fn reset_indexes(&mut self) {
+        self.indexes.clear();
+        for branch in self.branches() {
+            for modality in [Modality::Photo, Modality::Caricature] {
+                self.indexes.insert((branch, modality), OnceLock::new());
+            }
+        }
+    }
+
+    /// Refuses a gallery whose embeddings come from a different model.
+    pub fn check_model(&self, model: &ModelId) -> Result<(), GalleryError> {
+        let mine = &self.manifest.model;
+        if mine.sha256 == model.sha256 && mine.branches == model.branches && mine.dim == model.dim {
+            return Ok(());
+        }
+        Err(GalleryError::ModelMismatch {
+            dir: self.dir.clone(),
+            gallery: mine.file.clone(),
+            gallery_sha: mine.sha256.clone(),
+            current: model.file.clone(),
+            current_sha: model.sha256.clone(),
+        })
+    }
+
+    /// The gallery directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The model the embeddings come from.
+    pub fn model(&self) -> &ModelId {
+        &self.manifest.model
+    }
+
+    /// All entries, in storage order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.manifest.entries
+    }
+
+    /// Matching settings.
+    pub fn settings(&self) -> &Settings {
+        &self.manifest.settings
+    }
+
+    /// Replaces the per-direction thresholds (saved by [`Gallery::save`]).
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.manifest.settings.thresholds = thresholds;
+    }
+
+    /// Whether the model has photo and caricature branches.
+    pub fn is_multi_task(&self) -> bool {
+        self.manifest.model.branches.len() > 1
+    }
+
+    fn branches(&self) -> Vec<Branch> {
+        [Branch::Shared, Branch::Photo, Branch::Caricature]
+            .into_iter()
+            .filter(|b| self.manifest.model.branches.iter().any(|n| n == b.name()))
+            .collect()
+    }
+
+    /// The stored row of an entry as one slice per branch, in the model's branch order.
+    fn branch_vector(&self, entry: usize, branch: Branch) -> &[f32] {
+        let model = &self.manifest.model;
+        let slot = model
+            .branches
+            .iter()
+            .position(|n| n == branch.name())
+            .expect("branch stored");
+        let start = entry * store::row_len(model) + slot * model.dim;
+        &self.vectors[start..start + model.dim]
+    }
+
+    /// The embedding's vectors in the model's branch order, validated.
+    fn row_of(&self, embedding: &Embedding) -> Result<Vec<f32>, GalleryError> {
+        let model = &self.manifest.model;
+        let mut row = Vec::with_capacity(store::row_len(model));
+        for branch in self.branches() {
+            let vector = branch_of(embedding, branch);
+            let got = vector.map_or(0, <[f32]>::len);
+            if got != model.dim {
+                return Err(GalleryError::Dimension {
+                    branch: branch.name(),
+                    expected: model.dim,
+                    got,
+                });
+            }
+            row.extend_from_slice(vector.unwrap_or_default());
+        }
+        Ok(row)
+    }
+
+    /// Adds entries in memory (call [`Gallery::save`] to keep them).
+    pub fn add(&mut self, new: NewEntry, embedding: &Embedding) -> Result<u64, GalleryError> {
+        let row = self.row_of(embedding)?;
+        let id = self.manifest.next_id;
+        self.manifest.next_id += 1;
+        let added_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.manifest.entries.push(Entry {
+            id,
+            name: new.name,
+            modality: new.modality,
+            source: new.source,
+            source_sha256: new.source_sha256,
+            bbox: new.bbox,
+            landmarks: new.landmarks,
+            enrolment: new.enrolment,
+            added_unix,
+        });
+        self.vectors.extend_from_slice(&row);
+        self.reset_indexes();
+        Ok(id)
+    }
+
+    /// Removes every entry of `name`; returns how many.
+    pub fn remove(&mut self, name: &str) -> Result<usize, GalleryError> {
+        let row_len = store::row_len(&self.manifest.model);
+        let keep: Vec<bool> = self
+            .manifest
+            .entries
+            .iter()
+            .map(|e| e.name != name)
+            .collect();
+        let removed = keep.iter().filter(|k| !**k).count();
+        if removed == 0 {
+            return Err(GalleryError::UnknownName(name.to_string()));
+        }
+        let mut flags = keep.iter();
+        self.manifest
+            .entries
+            .retain(|_| *flags.next().expect("one flag per entry"));
+        self.vectors = self
+            .vectors
+            .chunks_exact(row_len)
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .flat_map(|(row, _)| row.iter().copied())
+            .collect();
+        self.reset_indexes();
+        Ok(removed)
+    }
+
+    /// Replaces the model and every entry's embedding (for `rebuild`); `embeddings` are in
+    /// entry order.
+    pub fn replace_model(
+        &mut self,
+        model: ModelId,
+        embeddings: &[Embedding],
+    ) -> Result<(), GalleryError> {
+        assert_eq!(
+            embeddings.len(),
+            self.manifest.entries.len(),
+            "one embedding per entry"
+        );
+        self.manifest.model = model;
+        let rows: Result<Vec<Vec<f32>>, _> = embeddings.iter().map(|e| self.row_of(e)).collect();
+        self.vectors = rows?.concat();
+        self.reset_indexes();
+        Ok(())
+    }
+
+    /// Writes the gallery (new files, atomically switched in).
+    pub fn save(&mut self) -> Result<(), GalleryError> {
+        store::save(&self.dir, &mut self.manifest, &self.vectors)
+    }
+
+    fn modality_index(&self, branch: Branch, modality: Modality) -> &ModalityIndex {
+        self.indexes[&(branch, modality)].get_or_init(|| {
+            let entries: Vec<usize> = (0..self.manifest.entries.len())
+                .filter(|&i| self.manifest.entries[i].modality == modality)
+                .collect();
+            let vectors = entries
+                .iter()
+                .map(|&i| self.branch_vector(i, branch).to_vec())
+                .collect();
+            ModalityIndex {
+                index: Index::build(vectors, self.manifest.settings.hnsw),
+                entries,
+            }
+        })
+    }
+
+    /// Builds every index now (otherwise each is built on first use).
+    pub fn build_indexes(&self) {
+        for &(branch, modality) in self.indexes.keys() {
+            self.modality_index(branch, modality);
+        }
+    }
+
+    /// The nearest entries of `modality` to a probe, by approximate (HNSW) or exact search.
+    pub fn nearest(
+        &self,
+        probe: &Embedding,
+        probe_modality: Modality,
+        modality: Modality,
+        k: usize,
+        exact: bool,
+    ) -> Result<Vec<Neighbour>, GalleryError> {
+        let branch = Branch::for_pair(probe_modality, modality, self.is_multi_task());
+        let query = branch_of(probe, branch).unwrap_or_default();
+        if query.len() != self.manifest.model.dim {
+            return Err(GalleryError::Dimension {
+                branch: branch.name(),
+                expected: self.manifest.model.dim,
+                got: query.len(),
+            });
+        }
+        let index = self.modality_index(branch, modality);
+        let hits = if exact {
+            index.index.exact_search(query, k)
+        } else {
+            index.index.search(query, k)
+        };
+        Ok(hits
+            .into_iter()
+            .map(|h| Neighbour {
+                entry: index.entries[h.row],
+                modality,
+                similarity: h.similarity,
+            })
+            .collect())
+    }
+
+    /// Who the probe is: candidates from both modalities, scored per identity, decided against
+    /// the per-direction thresholds (`thresholds` overrides the gallery's).
+    pub fn identify(
+        &self,
+        probe: &Embedding,
+        probe_modality: Modality,
+        thresholds: Option<&Thresholds>,
+    ) -> Result<Identification, GalleryError> {
+        let settings = &self.manifest.settings;
+        let mut neighbours = self.nearest(
+            probe,
+            probe_modality,
+            Modality::Photo,
+            settings.top_k,
+            false,
+        )?;
+        neighbours.extend(self.nearest(
+            probe,
+            probe_modality,
+            Modality::Caricature,
+            settings.top_k,
+            false,
+        )?);
+        let thresholds = thresholds.unwrap_or(&settings.thresholds);
+        let candidates = rank_identities(
+            &neighbours,
+            |i| self.manifest.entries[i].name.clone(),
+            probe_modality,
+            thresholds,
+            settings.score_top_n,
+        );
+        Ok(decide(candidates))
+    }
+}
+
+/// The identity is the best candidate when it reaches its threshold; otherwise unknown.
+fn decide(candidates: Vec<Candidate>) -> Identification {
+    match candidates.first() {
+        Some(best) => Identification {
+            identity: (best.margin() >= 0.0).then(|| best.identity.clone()),
+            similarity: best.similarity,
+            threshold: best.threshold,
+            matched_modality: Some(best.matched_modality),
+            candidates,
+        },
+        None => Identification {
+            identity: None,
+            similarity: 0.0,
+            threshold: 0.0,
+            matched_modality: None,
+            candidates,
+        },
+    }
+}
+
+fn branch_of(embedding: &Embedding, branch: Branch) -> Option<&[f32]> {
+    match branch {
+        Branch::Shared => Some(&embedding.shared),
+        Branch::Photo => embedding.photo.as_deref(),
+        Branch::Caricature => embedding.caricature.as_deref(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::l2_normalised;
+
+    fn model() -> ModelId {
+        ModelId {
+            file: "m.onnx".into(),
+            sha256: "abc".into(),
+            branches: vec!["shared".into()],
+            dim: 3,
+        }
+    }
+
+    fn embedding(v: [f32; 3]) -> Embedding {
+        Embedding {
+            shared: l2_normalised(v.to_vec()),
+            photo: None,
+            caricature: None,
+        }
+    }
+
+    fn entry(name: &str, modality: Modality) -> NewEntry {
+        NewEntry {
+            name: name.into(),
+            modality,
+            source: "/x.jpg".into(),
+            source_sha256: "00".into(),
+            bbox: [0.0; 4],
+            landmarks: None,
+            enrolment: store::Enrolment::FivePoint,
+        }
+    }
+
+    #[test]
+    fn a_saved_gallery_reopens_with_its_entries_and_identifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g");
+        let mut gallery = Gallery::create(&path, model()).unwrap();
+        gallery
+            .add(entry("ann", Modality::Photo), &embedding([1.0, 0.0, 0.0]))
+            .unwrap();
+        gallery
+            .add(
+                entry("bob", Modality::Caricature),
+                &embedding([0.0, 1.0, 0.0]),
+            )
+            .unwrap();
+        gallery.set_thresholds(Thresholds::uniform(0.9));
+        gallery.save().unwrap();
+        drop(gallery);
+
+        let gallery = Gallery::open(&path, &model()).unwrap();
+        assert_eq!(gallery.entries().len(), 2);
+        let found = gallery
+            .identify(&embedding([0.1, 1.0, 0.0]), Modality::Photo, None)
+            .unwrap();
+        assert_eq!(found.identity.as_deref(), Some("bob"));
+        assert_eq!(found.matched_modality, Some(Modality::Caricature));
+        let nobody = gallery
+            .identify(&embedding([0.0, 0.0, 1.0]), Modality::Photo, None)
+            .unwrap();
+        assert_eq!(nobody.identity, None);
+    }
+
+    #[test]
+    fn removing_a_name_drops_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gallery = Gallery::create(&dir.path().join("g"), model()).unwrap();
+        gallery
+            .add(entry("ann", Modality::Photo), &embedding([1.0, 0.0, 0.0]))
+            .unwrap();
+        gallery
+            .add(entry("bob", Modality::Photo), &embedding([0.0, 1.0, 0.0]))
+            .unwrap();
+        gallery
+            .add(
+                entry("ann", Modality::Caricature),
+                &embedding([0.0, 0.0, 1.0]),
+            )
+            .unwrap();
+        assert_eq!(gallery.remove("ann").unwrap(), 2);
+        assert!(matches!(
+            gallery.remove("ann"),
+            Err(GalleryError::UnknownName(_))
+        ));
+        let found = gallery
+            .identify(&embedding([0.0, 1.0, 0.0]), Modality::Photo, None)
+            .unwrap();
+        assert_eq!(found.identity.as_deref(), Some("bob"));
+        assert_eq!(found.candidates.len(), 1);
+    }
+
+    #[test]
+    fn another_model_is_refused_with_a_rebuild_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g");
+        Gallery::create(&path, model()).unwrap();
+        let other = ModelId {
+            sha256: "def".into(),
+            ..model()
+        };
+        let err = Gallery::open(&path, &other).err().unwrap();
+        assert!(matches!(err, GalleryError::ModelMismatch { .. }));
+        assert!(err.to_string().contains("gallery rebuild"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_dimension_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gallery = Gallery::create(&dir.path().join("g"), model()).unwrap();
+        let bad = Embedding {
+            shared: vec![1.0, 0.0],
+            photo: None,
+            caricature: None,
+        };
+        assert!(matches!(
+            gallery.add(entry("ann", Modality::Photo), &bad),
+            Err(GalleryError::Dimension { .. })
+        ));
+        assert!(gallery.identify(&bad, Modality::Photo, None).is_err());
+    }
+
+    #[test]
+    fn create_refuses_a_non_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x"), "x").unwrap();
+        assert!(matches!(
+            Gallery::create(dir.path(), model()),
+            Err(GalleryError::AlreadyExists(_))
+        ));
+    }
+}

@@ -1,0 +1,269 @@
+//! The gallery on disk: `gallery.json` (manifest: model, settings, entries, and the name and
+//! checksum of the embeddings file) and `embeddings-<generation>.f32` (little-endian f32 rows).
+//!
+//! Every change writes a new embeddings file, then a new manifest to a temporary file that is
+//! renamed over the old one: a crash at any point leaves either the old or the new gallery,
+//! never a mix. Old embeddings files are removed after the switch.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::GalleryError;
+use super::index::HnswParams;
+use super::matching::Thresholds;
+use crate::types::{Landmarks, Modality};
+
+/// Manifest file name inside a gallery directory.
+pub const MANIFEST_FILE: &str = "gallery.json";
+/// Lock file held while a gallery is changed.
+pub const LOCK_FILE: &str = "gallery.lock";
+/// Version of the on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The embedding model a gallery was made with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelId {
+    /// Model file name (for messages).
+    pub file: String,
+    /// sha256 of the model file: what decides compatibility.
+    pub sha256: String,
+    /// Embedding branches the model produces, in row order (`shared` first).
+    pub branches: Vec<String>,
+    /// Dimension of each branch.
+    pub dim: usize,
+}
+
+/// How a face was turned into a chip when it was enrolled (kept so `rebuild` can redo it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enrolment {
+    /// Detected; aligned on its five landmarks.
+    FivePoint,
+    /// A box given by the user (or the whole image); crop-only alignment.
+    Box,
+}
+
+/// One enrolled face.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Stable id within the gallery.
+    pub id: u64,
+    /// Display name of the person (any string; never used as a path).
+    pub name: String,
+    /// Photo or caricature.
+    pub modality: Modality,
+    /// The image the face came from (absolute path when enrolled).
+    pub source: PathBuf,
+    /// sha256 of that image file.
+    pub source_sha256: String,
+    /// Face box in the source image.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    /// MTCNN landmarks, when detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<Landmarks>,
+    /// How the chip was made.
+    pub enrolment: Enrolment,
+    /// When the entry was added, seconds since the Unix epoch.
+    pub added_unix: u64,
+}
+
+/// Matching settings kept with the gallery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Similarity thresholds per direction.
+    pub thresholds: Thresholds,
+    /// Neighbours fetched per query and modality.
+    pub top_k: usize,
+    /// Entries of one identity averaged for its score (1 = best entry only).
+    pub score_top_n: usize,
+    /// HNSW parameters.
+    pub hnsw: HnswParams,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds::default(),
+            top_k: 20,
+            score_top_n: 1,
+            hnsw: HnswParams::default(),
+        }
+    }
+}
+
+/// Name, size and checksum of the embeddings file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddingsFile {
+    /// File name inside the gallery directory.
+    pub file: String,
+    /// Number of rows (one per entry, in entry order).
+    pub rows: usize,
+    /// sha256 of the file.
+    pub sha256: String,
+}
+
+/// `gallery.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// On-disk format version.
+    pub format: u32,
+    /// The model that made the embeddings.
+    pub model: ModelId,
+    /// Matching settings.
+    pub settings: Settings,
+    /// The embeddings file.
+    pub embeddings: EmbeddingsFile,
+    /// Generation counter; bumped on every save, names the embeddings file.
+    pub generation: u64,
+    /// Next entry id.
+    pub next_id: u64,
+    /// The entries, in the order of the embedding rows.
+    pub entries: Vec<Entry>,
+}
+
+/// Reads and validates the manifest and the embeddings it names.
+pub fn load(dir: &Path) -> Result<(Manifest, Vec<f32>), GalleryError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if !dir.is_dir() {
+        return Err(GalleryError::NotAGallery(dir.to_path_buf()));
+    }
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => GalleryError::NotAGallery(dir.to_path_buf()),
+        _ => GalleryError::io(&manifest_path, e),
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| GalleryError::Damaged {
+        file: manifest_path.clone(),
+        reason: e.to_string(),
+    })?;
+    if manifest.format != FORMAT_VERSION {
+        return Err(GalleryError::Damaged {
+            file: manifest_path,
+            reason: format!(
+                "format version {} (this carivis reads {FORMAT_VERSION})",
+                manifest.format
+            ),
+        });
+    }
+    let vectors = load_embeddings(dir, &manifest)?;
+    Ok((manifest, vectors))
+}
+
+/// Floats per row: every branch's vector, concatenated.
+pub fn row_len(model: &ModelId) -> usize {
+    model.branches.len() * model.dim
+}
+
+fn load_embeddings(dir: &Path, manifest: &Manifest) -> Result<Vec<f32>, GalleryError> {
+    let file = &manifest.embeddings;
+    let path = dir.join(&file.file);
+    let damaged = |reason: String| GalleryError::Damaged {
+        file: path.clone(),
+        reason,
+    };
+    if file.file.contains('/') || file.file.contains('\\') || file.file.starts_with('.') {
+        return Err(damaged(
+            "embeddings file name is not a plain file name".into(),
+        ));
+    }
+    if file.rows != manifest.entries.len() {
+        return Err(damaged(format!(
+            "{} rows for {} entries",
+            file.rows,
+            manifest.entries.len()
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| GalleryError::io(&path, e))?;
+    let expected = file.rows * row_len(&manifest.model) * 4;
+    if bytes.len() != expected {
+        return Err(damaged(format!(
+            "{} bytes, expected {expected} (truncated?)",
+            bytes.len()
+        )));
+    }
+    if crate::runtime::sha256_hex(&bytes) != file.sha256 {
+        return Err(damaged("checksum mismatch".into()));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// Writes a new generation: embeddings file, then the manifest (atomically), then removes
+/// embeddings files of older generations.
+pub fn save(dir: &Path, manifest: &mut Manifest, vectors: &[f32]) -> Result<(), GalleryError> {
+    manifest.generation += 1;
+    let bytes: Vec<u8> = vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let name = format!("embeddings-{}.f32", manifest.generation);
+    write_atomic(&dir.join(&name), &bytes)?;
+    manifest.embeddings = EmbeddingsFile {
+        file: name,
+        rows: manifest.entries.len(),
+        sha256: crate::runtime::sha256_hex(&bytes),
+    };
+    let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+    write_atomic(&dir.join(MANIFEST_FILE), &json)?;
+    remove_stale_embeddings(dir, &manifest.embeddings.file);
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, synced and renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        GalleryError::io(path, e)
+    })
+}
+
+fn remove_stale_embeddings(dir: &Path, current: &str) {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale_rows =
+            name.starts_with("embeddings-") && name.ends_with(".f32") && name != current;
+        let stale_tmp = name.starts_with('.') && name.ends_with(".tmp");
+        if stale_rows || stale_tmp {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// An exclusive lock on the gallery, released when dropped.
+pub struct Lock {
+    _file: File,
+}
+
+/// Takes the gallery's lock, failing at once if another process holds it.
+pub fn lock(dir: &Path) -> Result<Lock, GalleryError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| GalleryError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Lock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(GalleryError::Busy(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(GalleryError::io(&path, e)),
+    }
+}
