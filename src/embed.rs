@@ -56,6 +56,7 @@ pub struct Embedder {
     outputs: Outputs,
     input: String,
     chip_size: u32,
+    dim: usize,
     batch_size: usize,
 }
 
@@ -89,11 +90,20 @@ impl Embedder {
             ))
             .into());
         };
+        let first_output = match &outputs {
+            Outputs::Single(name) => name.as_str(),
+            Outputs::MultiTask => MULTI_TASK_OUTPUTS[0],
+        };
+        let dim = match model.outputs().iter().find(|o| o.name == first_output).map(|o| o.shape.as_slice()) {
+            Some([_, d]) if *d > 0 => *d as usize,
+            _ => return Err(contract(format!("output `{first_output}` is not N×D with a fixed D")).into()),
+        };
         Ok(Self {
             input: input.name.clone(),
             model,
             outputs,
             chip_size,
+            dim,
             batch_size: batch_size.max(1),
         })
     }
@@ -101,6 +111,19 @@ impl Embedder {
     /// Side of the square chip the model takes.
     pub fn chip_size(&self) -> u32 {
         self.chip_size
+    }
+
+    /// Dimension of each embedding branch.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Names of the branches the model produces, shared first.
+    pub fn branch_names(&self) -> Vec<String> {
+        match self.outputs {
+            Outputs::Single(_) => vec!["shared".into()],
+            Outputs::MultiTask => ["shared", "photo", "caricature"].map(String::from).to_vec(),
+        }
     }
 
     /// sha256 of the model file (recorded with every stored embedding).

@@ -9,5 +9,6 @@ pub mod detect;
 pub mod embed;
 pub mod gallery;
 pub mod models;
+pub mod pipeline;
 pub mod runtime;
 pub mod types;

@@ -47,6 +47,9 @@ pub struct DetectorConfig {
     pub largest_only: bool,
     /// Detect on a copy downscaled so its longer side is at most this; boxes are mapped back.
     pub max_side: Option<u32>,
+    /// Grey border added on every side before detection, as a fraction of the longer side:
+    /// lets MTCNN find faces that fill a tightly cropped image (its crops never pad).
+    pub border: f32,
 }
 
 impl Default for DetectorConfig {
@@ -58,6 +61,7 @@ impl Default for DetectorConfig {
             max_faces: None,
             largest_only: false,
             max_side: None,
+            border: 0.0,
         }
     }
 }
@@ -83,6 +87,9 @@ impl DetectorConfig {
                 "thresholds must be in [0, 1], got {:?}",
                 self.thresholds
             ));
+        }
+        if !(0.0..=1.0).contains(&self.border) {
+            return bad(format!("border must be in [0, 1], got {}", self.border));
         }
         if self.max_side.is_some_and(|s| s < 24) {
             return bad("working size must be ≥ 24 px".into());

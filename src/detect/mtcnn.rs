@@ -94,12 +94,12 @@ impl Mtcnn {
                 height: image.height(),
             });
         }
-        let (working, factor) = self.working_image(image);
+        let bordered = self.bordered(image);
+        let (source, offset) = bordered.as_ref().map_or((image, 0.0), |(b, offset)| (b, *offset));
+        let (working, factor) = self.working_image(source);
         let min_face = self.config.min_face * factor;
-        let mut faces = self.cascade(working.as_ref().unwrap_or(image), min_face)?;
-        if factor != 1.0 {
-            faces.iter_mut().for_each(|f| map_back(f, 1.0 / factor));
-        }
+        let mut faces = self.cascade(working.as_ref().unwrap_or(source), min_face)?;
+        faces.iter_mut().for_each(|f| map_back(f, 1.0 / factor, offset));
         // The reference (MTCNN.detect with select_largest) orders faces by box area, largest first.
         faces.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
         let limit = if self.config.largest_only {
@@ -109,6 +109,17 @@ impl Mtcnn {
         };
         faces.truncate(limit);
         Ok(faces)
+    }
+
+    /// The image with the configured grey border, and the border's width, when there is one.
+    fn bordered(&self, image: &RgbImage) -> Option<(RgbImage, f32)> {
+        let border = (self.config.border * image.width().max(image.height()) as f32).round() as u32;
+        (border > 0).then(|| {
+            let grey = image::Rgb([127, 127, 127]);
+            let mut out = RgbImage::from_pixel(image.width() + 2 * border, image.height() + 2 * border, grey);
+            image::imageops::replace(&mut out, image, i64::from(border), i64::from(border));
+            (out, border as f32)
+        })
     }
 
     /// The image to detect on (downscaled when it exceeds the working size) and the factor
@@ -402,12 +413,22 @@ fn to_box(rect: [f32; 4]) -> FaceBox {
     }
 }
 
-/// Maps a face found on a downscaled image back to the original's pixels.
-fn map_back(face: &mut Face, factor: f32) {
-    face.bbox = face.bbox.scaled(factor);
+/// Maps a face found on a scaled, bordered copy back to the original's pixels: scale by
+/// `factor`, then remove the border `offset`.
+fn map_back(face: &mut Face, factor: f32, offset: f32) {
+    if factor == 1.0 && offset == 0.0 {
+        return;
+    }
+    let b = face.bbox.scaled(factor);
+    face.bbox = FaceBox {
+        x1: b.x1 - offset,
+        y1: b.y1 - offset,
+        x2: b.x2 - offset,
+        y2: b.y2 - offset,
+    };
     for point in &mut face.landmarks {
-        point[0] *= factor;
-        point[1] *= factor;
+        point[0] = point[0] * factor - offset;
+        point[1] = point[1] * factor - offset;
     }
 }
 

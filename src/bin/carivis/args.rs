@@ -1,0 +1,152 @@
+//! Command-line options shared by several commands, and how they become library settings.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use carivis::align::AlignMode;
+use carivis::detect::{DetectorConfig, Mtcnn};
+use carivis::embed::{DEFAULT_BATCH, DLIB_SPEC, Embedder};
+use carivis::models::default_models_dir;
+use carivis::pipeline::still::StillFaces;
+use carivis::runtime::{Device, Runtime, RuntimeConfig};
+
+/// Where models come from and how they run.
+#[derive(Args, Clone)]
+pub struct RuntimeArgs {
+    /// Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (fail if unavailable).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per model session.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Folder holding the ONNX models [default: $CARIVIS_MODELS, else the checkout's models/].
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// Loads ONNX Runtime with these settings.
+    pub fn runtime(&self) -> Result<Runtime> {
+        Ok(Runtime::init(RuntimeConfig {
+            device: self.device,
+            intra_threads: self.threads.max(1),
+        })?)
+    }
+
+    /// The models folder in use.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models.clone().unwrap_or_else(default_models_dir)
+    }
+}
+
+/// MTCNN settings (defaults are facenet-pytorch's).
+#[derive(Args, Clone)]
+pub struct DetectorArgs {
+    /// Smallest face to find, in pixels.
+    #[arg(long, default_value_t = 20.0)]
+    pub min_face: f32,
+    /// P-Net, R-Net and O-Net score thresholds.
+    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.6, 0.7, 0.7])]
+    pub thresholds: Vec<f32>,
+    /// Keep at most N faces per image (the largest).
+    #[arg(long, value_name = "N")]
+    pub max_faces: Option<usize>,
+    /// Detect on a copy whose longer side is at most PX (faster on large frames); boxes are
+    /// mapped back to full resolution.
+    #[arg(long, value_name = "PX")]
+    pub max_side: Option<u32>,
+    /// Grey border added around each image before detection, as a fraction of its longer
+    /// side (e.g. 0.25 for tightly cropped faces, which MTCNN otherwise misses).
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub border: f32,
+}
+
+impl DetectorArgs {
+    /// The detector configuration.
+    pub fn config(&self, largest_only: bool) -> DetectorConfig {
+        DetectorConfig {
+            min_face: self.min_face,
+            thresholds: [self.thresholds[0], self.thresholds[1], self.thresholds[2]],
+            max_faces: self.max_faces,
+            largest_only,
+            max_side: self.max_side,
+            border: self.border,
+            ..DetectorConfig::default()
+        }
+    }
+}
+
+/// How faces become chips.
+#[derive(Args, Clone)]
+pub struct AlignerArgs {
+    /// Alignment: five-point (similarity transform to a template) or crop (box + margin).
+    #[arg(long, value_enum, default_value_t = AlignChoice::FivePoint)]
+    pub align: AlignChoice,
+    /// Margin on each side for --align crop, as a fraction of the box size.
+    #[arg(long, default_value_t = 0.2)]
+    pub crop_margin: f32,
+}
+
+/// The alignment modes offered on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum AlignChoice {
+    /// Similarity transform of the five landmarks to the template.
+    FivePoint,
+    /// The detection box plus a margin, squared.
+    Crop,
+}
+
+impl AlignerArgs {
+    /// The library's alignment mode.
+    pub fn mode(&self) -> AlignMode {
+        match self.align {
+            AlignChoice::FivePoint => AlignMode::FivePoint,
+            AlignChoice::Crop => AlignMode::CropOnly { margin: self.crop_margin },
+        }
+    }
+}
+
+/// Everything needed to turn images into embeddings.
+#[derive(Args, Clone)]
+pub struct RecognizerArgs {
+    /// Embedding model (ONNX): the dlib descriptor, or a multi-task model from carivis-train
+    /// [default: MODELS/dlib_resnet_v1.onnx].
+    #[arg(long, value_name = "FILE")]
+    pub embedder: Option<PathBuf>,
+    /// Chips per embedding run.
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub aligner: AlignerArgs,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+impl RecognizerArgs {
+    /// The embedding model file in use.
+    pub fn embedder_path(&self) -> PathBuf {
+        self.embedder.clone().unwrap_or_else(|| self.runtime.models_dir().join(DLIB_SPEC.file))
+    }
+
+    /// Opens detector, aligner and embedder.
+    pub fn still_faces(&self, largest_only: bool) -> Result<StillFaces> {
+        let runtime = self.runtime.runtime()?;
+        let detector = open_detector(&runtime, &self.runtime.models_dir(), self.detector.config(largest_only))?;
+        let embedder = open_embedder(&runtime, &self.embedder_path(), self.batch)?;
+        Ok(StillFaces::new(detector, self.aligner.mode(), embedder))
+    }
+}
+
+/// Opens MTCNN from the models folder.
+pub fn open_detector(runtime: &Runtime, models: &Path, config: DetectorConfig) -> Result<Mtcnn> {
+    Mtcnn::open(runtime, models, config).context("cannot start the face detector")
+}
+
+/// Opens an embedding model.
+pub fn open_embedder(runtime: &Runtime, path: &Path, batch: usize) -> Result<Embedder> {
+    Embedder::open(runtime, path, batch).context("cannot start the embedding model")
+}

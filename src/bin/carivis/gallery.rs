@@ -1,0 +1,292 @@
+//! `carivis gallery ...`: create, add, remove, list, rebuild.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::{RecognizerArgs, RuntimeArgs, open_embedder};
+use carivis::capture::load_image;
+use carivis::embed::DLIB_SPEC;
+use carivis::gallery::store::Enrolment;
+use carivis::gallery::{Gallery, NewEntry};
+use carivis::pipeline::still::{StillFaces, file_sha256, model_id};
+use carivis::types::{Embedding, Face, FaceBox, Modality};
+
+/// Image file extensions taken from folders.
+const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff"];
+
+#[derive(Subcommand)]
+pub enum GalleryCommand {
+    /// Create an empty gallery in DIR (a new or empty folder) for the embedding model.
+    Create {
+        /// The gallery folder.
+        dir: PathBuf,
+        /// Embedding model [default: MODELS/dlib_resnet_v1.onnx].
+        #[arg(long, value_name = "FILE")]
+        embedder: Option<PathBuf>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Enrol a person's faces from images or folders of images.
+    Add(AddArgs),
+    /// Remove every entry of a person.
+    Remove {
+        /// The gallery folder.
+        dir: PathBuf,
+        /// The person's name, exactly as listed.
+        #[arg(long)]
+        name: String,
+    },
+    /// List people and entries.
+    List {
+        /// The gallery folder.
+        dir: PathBuf,
+        /// One JSON object with every entry instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-embed every entry with the current embedding model (after the model changed).
+    Rebuild {
+        /// The gallery folder.
+        dir: PathBuf,
+        #[command(flatten)]
+        recognizer: RecognizerArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// The gallery folder.
+    dir: PathBuf,
+    /// Display name of the person (any text; stored as is, never used as a file name).
+    #[arg(long)]
+    name: String,
+    /// What the images are.
+    #[arg(long, value_enum)]
+    modality: Modality,
+    /// Images, or folders of images (jpg, png, bmp, webp, tiff).
+    #[arg(required = true, value_name = "IMAGE_OR_DIR")]
+    inputs: Vec<PathBuf>,
+    /// With several faces in an image, enrol the largest instead of refusing the image.
+    #[arg(long)]
+    largest: bool,
+    /// Enrol the face in this box (x1,y1,x2,y2 in pixels) without detection: for faces the
+    /// detector misses.
+    #[arg(long, value_delimiter = ',', num_args = 4, value_name = "X1,Y1,X2,Y2", conflicts_with = "whole_image")]
+    r#box: Option<Vec<f32>>,
+    /// Enrol the whole image as the face (an already cropped face the detector misses).
+    #[arg(long)]
+    whole_image: bool,
+    #[command(flatten)]
+    recognizer: RecognizerArgs,
+}
+
+/// Runs a gallery subcommand.
+pub fn run(command: GalleryCommand) -> Result<ExitCode> {
+    match command {
+        GalleryCommand::Create { dir, embedder, runtime } => create(&dir, embedder, &runtime),
+        GalleryCommand::Add(args) => add(&args),
+        GalleryCommand::Remove { dir, name } => remove(&dir, &name),
+        GalleryCommand::List { dir, json } => list(&dir, json),
+        GalleryCommand::Rebuild { dir, recognizer } => rebuild(&dir, &recognizer),
+    }
+}
+
+/// A name as shown in tables: control characters and quotes escaped.
+pub fn shown(name: &str) -> String {
+    name.escape_debug().to_string()
+}
+
+fn create(dir: &Path, embedder: Option<PathBuf>, runtime: &RuntimeArgs) -> Result<ExitCode> {
+    let path = embedder.unwrap_or_else(|| runtime.models_dir().join(DLIB_SPEC.file));
+    let embedder = open_embedder(&runtime.runtime()?, &path, 1)?;
+    let model = model_id(&embedder);
+    Gallery::create(dir, model.clone())?;
+    println!("created gallery {} for model {} ({}-d, branches: {})", dir.display(), model.file, model.dim, model.branches.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Image files named directly, or found (sorted) in the folders named.
+fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("cannot read folder {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                })
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                bail!("folder {} holds no images ({})", input.display(), IMAGE_EXTENSIONS.join(", "));
+            }
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn progress(len: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// The face to enrol from one image, how it was found, and its embedding.
+fn enrolment_face(faces: &mut StillFaces, args: &AddArgs, path: &Path) -> Result<(Face, Enrolment, Embedding)> {
+    let image = load_image(path)?;
+    let given = match (&args.r#box, args.whole_image) {
+        (Some(b), _) => Some(FaceBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] }),
+        (None, true) => Some(FaceBox { x1: 0.0, y1: 0.0, x2: image.width() as f32, y2: image.height() as f32 }),
+        (None, false) => None,
+    };
+    if let Some(bbox) = given {
+        if !(bbox.x2 > bbox.x1 && bbox.y2 > bbox.y1) {
+            bail!("{}: the box must have x2 > x1 and y2 > y1", path.display());
+        }
+        let embedding = faces.embed_box(&image, bbox)?;
+        let face = Face { bbox, score: 1.0, landmarks: [[0.0; 2]; 5] };
+        return Ok((face, Enrolment::Box, embedding));
+    }
+    let mut found = faces.faces(&image).with_context(|| path.display().to_string())?;
+    match found.len() {
+        0 => bail!("{}: no face found; give the face with --box x1,y1,x2,y2, or --whole-image for a cropped face", path.display()),
+        n if n > 1 && !args.largest => {
+            bail!("{}: {n} faces found; add --largest to enrol the largest, or --box to choose one", path.display())
+        }
+        _ => {
+            let first = found.remove(0);
+            Ok((first.face, Enrolment::FivePoint, first.embedding))
+        }
+    }
+}
+
+fn add(args: &AddArgs) -> Result<ExitCode> {
+    if args.name.trim().is_empty() {
+        bail!("the name must not be empty");
+    }
+    let files = expand_inputs(&args.inputs)?;
+    let mut gallery = Gallery::open_for_update(&args.dir)?;
+    let mut faces = args.recognizer.still_faces(false)?;
+    gallery.check_model(&faces.model_id())?;
+    let bar = progress(files.len());
+    bar.set_message(format!("adding {}", shown(&args.name)));
+    let mut failed = 0;
+    for path in &files {
+        match enrolment_face(&mut faces, args, path).and_then(|found| add_entry(&mut gallery, args, path, found)) {
+            Ok(()) => {}
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("error: {e:#}"));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let added = files.len() - failed;
+    if added > 0 {
+        gallery.save()?;
+    }
+    println!("added {added} of {} image(s) as {:?} ({}); gallery now holds {} entries", files.len(), args.name, args.modality, gallery.entries().len());
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn add_entry(gallery: &mut Gallery, args: &AddArgs, path: &Path, (face, enrolment, embedding): (Face, Enrolment, Embedding)) -> Result<()> {
+    let source = std::fs::canonicalize(path).with_context(|| path.display().to_string())?;
+    let entry = NewEntry {
+        name: args.name.clone(),
+        modality: args.modality,
+        source_sha256: file_sha256(&source).with_context(|| source.display().to_string())?,
+        source,
+        bbox: face.bbox.to_array(),
+        landmarks: (enrolment == Enrolment::FivePoint).then_some(face.landmarks),
+        enrolment,
+    };
+    gallery.add(entry, &embedding)?;
+    Ok(())
+}
+
+fn remove(dir: &Path, name: &str) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(dir)?;
+    let removed = gallery.remove(name)?;
+    gallery.save()?;
+    println!("removed {removed} entries of {}; {} entries remain", shown(name), gallery.entries().len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(dir: &Path, json: bool) -> Result<ExitCode> {
+    let gallery = Gallery::open_unchecked(dir)?;
+    if json {
+        let value = serde_json::json!({
+            "gallery": dir,
+            "model": gallery.model(),
+            "settings": gallery.settings(),
+            "entries": gallery.entries(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let model = gallery.model();
+    println!("gallery {}: model {} (sha256 {:.12}…), {} entries", dir.display(), model.file, model.sha256, gallery.entries().len());
+    let mut people: Vec<(&str, usize, usize)> = Vec::new();
+    for entry in gallery.entries() {
+        let slot = match people.iter().position(|p| p.0 == entry.name) {
+            Some(i) => i,
+            None => {
+                people.push((&entry.name, 0, 0));
+                people.len() - 1
+            }
+        };
+        match entry.modality {
+            Modality::Photo => people[slot].1 += 1,
+            Modality::Caricature => people[slot].2 += 1,
+        }
+    }
+    println!("{:<32} {:>7} {:>11}", "name", "photos", "caricatures");
+    for (name, photos, caricatures) in people {
+        println!("{:<32} {photos:>7} {caricatures:>11}", shown(name));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(dir)?;
+    let mut faces = recognizer.still_faces(false)?;
+    let model = faces.model_id();
+    let bar = progress(gallery.entries().len());
+    bar.set_message("re-embedding");
+    let mut embeddings = Vec::with_capacity(gallery.entries().len());
+    for entry in gallery.entries() {
+        let image = load_image(&entry.source).context("cannot re-read an enrolled image")?;
+        let sha = file_sha256(&entry.source)?;
+        if sha != entry.source_sha256 {
+            bail!("{} changed since it was enrolled (sha256 differs); remove {:?} and add it again", entry.source.display(), entry.name);
+        }
+        let [x1, y1, x2, y2] = entry.bbox;
+        let bbox = FaceBox { x1, y1, x2, y2 };
+        let embedding = match entry.landmarks {
+            Some(landmarks) => faces.embed_landmarked(&image, &Face { bbox, score: 1.0, landmarks })?,
+            None => faces.embed_box(&image, bbox)?,
+        };
+        embeddings.push(embedding);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    gallery.replace_model(model.clone(), &embeddings)?;
+    gallery.save()?;
+    println!("re-embedded {} entries with {} (sha256 {:.12}…)", embeddings.len(), model.file, model.sha256);
+    Ok(ExitCode::SUCCESS)
+}
