@@ -94,9 +94,18 @@ impl Embedder {
             Outputs::Single(name) => name.as_str(),
             Outputs::MultiTask => MULTI_TASK_OUTPUTS[0],
         };
-        let dim = match model.outputs().iter().find(|o| o.name == first_output).map(|o| o.shape.as_slice()) {
+        let dim = match model
+            .outputs()
+            .iter()
+            .find(|o| o.name == first_output)
+            .map(|o| o.shape.as_slice())
+        {
             Some([_, d]) if *d > 0 => *d as usize,
-            _ => return Err(contract(format!("output `{first_output}` is not N×D with a fixed D")).into()),
+            _ => {
+                return Err(
+                    contract(format!("output `{first_output}` is not N×D with a fixed D")).into(),
+                );
+            }
         };
         Ok(Self {
             input: input.name.clone(),

@@ -95,11 +95,15 @@ impl Mtcnn {
             });
         }
         let bordered = self.bordered(image);
-        let (source, offset) = bordered.as_ref().map_or((image, 0.0), |(b, offset)| (b, *offset));
+        let (source, offset) = bordered
+            .as_ref()
+            .map_or((image, 0.0), |(b, offset)| (b, *offset));
         let (working, factor) = self.working_image(source);
         let min_face = self.config.min_face * factor;
         let mut faces = self.cascade(working.as_ref().unwrap_or(source), min_face)?;
-        faces.iter_mut().for_each(|f| map_back(f, 1.0 / factor, offset));
+        faces
+            .iter_mut()
+            .for_each(|f| map_back(f, 1.0 / factor, offset));
         // The reference (MTCNN.detect with select_largest) orders faces by box area, largest first.
         faces.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
         let limit = if self.config.largest_only {
@@ -116,7 +120,11 @@ impl Mtcnn {
         let border = (self.config.border * image.width().max(image.height()) as f32).round() as u32;
         (border > 0).then(|| {
             let grey = image::Rgb([127, 127, 127]);
-            let mut out = RgbImage::from_pixel(image.width() + 2 * border, image.height() + 2 * border, grey);
+            let mut out = RgbImage::from_pixel(
+                image.width() + 2 * border,
+                image.height() + 2 * border,
+                grey,
+            );
             image::imageops::replace(&mut out, image, i64::from(border), i64::from(border));
             (out, border as f32)
         })

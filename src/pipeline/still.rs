@@ -68,7 +68,10 @@ impl StillFaces {
     /// Every face of the image, largest first, with its embedding (one batched run).
     pub fn faces(&mut self, image: &RgbImage) -> Result<Vec<EmbeddedFace>, StillError> {
         let faces = self.detector.detect(image)?;
-        let chips = faces.iter().map(|f| self.aligner.align(image, f)).collect::<Result<Vec<_>, _>>()?;
+        let chips = faces
+            .iter()
+            .map(|f| self.aligner.align(image, f))
+            .collect::<Result<Vec<_>, _>>()?;
         let embeddings = self.embedder.embed(&chips)?;
         Ok(faces
             .into_iter()
@@ -88,7 +91,11 @@ impl StillFaces {
     }
 
     /// The embedding of a face with known landmarks (five-point alignment).
-    pub fn embed_landmarked(&mut self, image: &RgbImage, face: &Face) -> Result<Embedding, StillError> {
+    pub fn embed_landmarked(
+        &mut self,
+        image: &RgbImage,
+        face: &Face,
+    ) -> Result<Embedding, StillError> {
         let aligner = Aligner::new(AlignMode::FivePoint, self.embedder.chip_size());
         self.embed_chip(&aligner.align(image, face)?)
     }
@@ -101,10 +108,10 @@ impl StillFaces {
 /// The [`ModelId`] of an embedder: file name, checksum, branches and dimension.
 pub fn model_id(embedder: &Embedder) -> ModelId {
     ModelId {
-        file: embedder
-            .model_path()
-            .file_name()
-            .map_or_else(|| embedder.model_path().display().to_string(), |n| n.to_string_lossy().into_owned()),
+        file: embedder.model_path().file_name().map_or_else(
+            || embedder.model_path().display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
         sha256: embedder.model_sha256().to_string(),
         branches: embedder.branch_names(),
         dim: embedder.dim(),

@@ -48,8 +48,8 @@ pub struct DetectorArgs {
     #[arg(long, default_value_t = 20.0)]
     pub min_face: f32,
     /// P-Net, R-Net and O-Net score thresholds.
-    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.6, 0.7, 0.7])]
-    pub thresholds: Vec<f32>,
+    #[arg(long, value_parser = parse_floats::<3>, default_value = "0.6,0.7,0.7", value_name = "P,R,O")]
+    pub thresholds: [f32; 3],
     /// Keep at most N faces per image (the largest).
     #[arg(long, value_name = "N")]
     pub max_faces: Option<usize>,
@@ -68,7 +68,7 @@ impl DetectorArgs {
     pub fn config(&self, largest_only: bool) -> DetectorConfig {
         DetectorConfig {
             min_face: self.min_face,
-            thresholds: [self.thresholds[0], self.thresholds[1], self.thresholds[2]],
+            thresholds: self.thresholds,
             max_faces: self.max_faces,
             largest_only,
             max_side: self.max_side,
@@ -103,7 +103,9 @@ impl AlignerArgs {
     pub fn mode(&self) -> AlignMode {
         match self.align {
             AlignChoice::FivePoint => AlignMode::FivePoint,
-            AlignChoice::Crop => AlignMode::CropOnly { margin: self.crop_margin },
+            AlignChoice::Crop => AlignMode::CropOnly {
+                margin: self.crop_margin,
+            },
         }
     }
 }
@@ -129,13 +131,19 @@ pub struct RecognizerArgs {
 impl RecognizerArgs {
     /// The embedding model file in use.
     pub fn embedder_path(&self) -> PathBuf {
-        self.embedder.clone().unwrap_or_else(|| self.runtime.models_dir().join(DLIB_SPEC.file))
+        self.embedder
+            .clone()
+            .unwrap_or_else(|| self.runtime.models_dir().join(DLIB_SPEC.file))
     }
 
     /// Opens detector, aligner and embedder.
     pub fn still_faces(&self, largest_only: bool) -> Result<StillFaces> {
         let runtime = self.runtime.runtime()?;
-        let detector = open_detector(&runtime, &self.runtime.models_dir(), self.detector.config(largest_only))?;
+        let detector = open_detector(
+            &runtime,
+            &self.runtime.models_dir(),
+            self.detector.config(largest_only),
+        )?;
         let embedder = open_embedder(&runtime, &self.embedder_path(), self.batch)?;
         Ok(StillFaces::new(detector, self.aligner.mode(), embedder))
     }
@@ -149,4 +157,19 @@ pub fn open_detector(runtime: &Runtime, models: &Path, config: DetectorConfig) -
 /// Opens an embedding model.
 pub fn open_embedder(runtime: &Runtime, path: &Path, batch: usize) -> Result<Embedder> {
     Embedder::open(runtime, path, batch).context("cannot start the embedding model")
+}
+
+/// Parses `N` comma-separated numbers, e.g. `0.6,0.7,0.7` or a box `x1,y1,x2,y2`.
+pub fn parse_floats<const N: usize>(text: &str) -> Result<[f32; N], String> {
+    let values: Vec<f32> = text
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("{v:?} is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    values
+        .try_into()
+        .map_err(|v: Vec<f32>| format!("expected {N} comma-separated numbers, got {}", v.len()))
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{RecognizerArgs, RuntimeArgs, open_embedder};
+use crate::args::{RecognizerArgs, RuntimeArgs, open_embedder, parse_floats};
 use carivis::capture::load_image;
 use carivis::embed::DLIB_SPEC;
 use carivis::gallery::store::Enrolment;
@@ -75,8 +75,8 @@ pub struct AddArgs {
     largest: bool,
     /// Enrol the face in this box (x1,y1,x2,y2 in pixels) without detection: for faces the
     /// detector misses.
-    #[arg(long, value_delimiter = ',', num_args = 4, value_name = "X1,Y1,X2,Y2", conflicts_with = "whole_image")]
-    r#box: Option<Vec<f32>>,
+    #[arg(long, value_parser = parse_floats::<4>, value_name = "X1,Y1,X2,Y2", conflicts_with = "whole_image")]
+    r#box: Option<[f32; 4]>,
     /// Enrol the whole image as the face (an already cropped face the detector misses).
     #[arg(long)]
     whole_image: bool,
@@ -87,7 +87,11 @@ pub struct AddArgs {
 /// Runs a gallery subcommand.
 pub fn run(command: GalleryCommand) -> Result<ExitCode> {
     match command {
-        GalleryCommand::Create { dir, embedder, runtime } => create(&dir, embedder, &runtime),
+        GalleryCommand::Create {
+            dir,
+            embedder,
+            runtime,
+        } => create(&dir, embedder, &runtime),
         GalleryCommand::Add(args) => add(&args),
         GalleryCommand::Remove { dir, name } => remove(&dir, &name),
         GalleryCommand::List { dir, json } => list(&dir, json),
@@ -105,7 +109,13 @@ fn create(dir: &Path, embedder: Option<PathBuf>, runtime: &RuntimeArgs) -> Resul
     let embedder = open_embedder(&runtime.runtime()?, &path, 1)?;
     let model = model_id(&embedder);
     Gallery::create(dir, model.clone())?;
-    println!("created gallery {} for model {} ({}-d, branches: {})", dir.display(), model.file, model.dim, model.branches.join(", "));
+    println!(
+        "created gallery {} for model {} ({}-d, branches: {})",
+        dir.display(),
+        model.file,
+        model.dim,
+        model.branches.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -118,14 +128,18 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .with_context(|| format!("cannot read folder {}", input.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                    })
                 })
                 .collect();
             found.sort();
             if found.is_empty() {
-                bail!("folder {} holds no images ({})", input.display(), IMAGE_EXTENSIONS.join(", "));
+                bail!(
+                    "folder {} holds no images ({})",
+                    input.display(),
+                    IMAGE_EXTENSIONS.join(", ")
+                );
             }
             files.extend(found);
         } else {
@@ -146,11 +160,25 @@ fn progress(len: usize) -> ProgressBar {
 }
 
 /// The face to enrol from one image, how it was found, and its embedding.
-fn enrolment_face(faces: &mut StillFaces, args: &AddArgs, path: &Path) -> Result<(Face, Enrolment, Embedding)> {
+fn enrolment_face(
+    faces: &mut StillFaces,
+    args: &AddArgs,
+    path: &Path,
+) -> Result<(Face, Enrolment, Embedding)> {
     let image = load_image(path)?;
     let given = match (&args.r#box, args.whole_image) {
-        (Some(b), _) => Some(FaceBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] }),
-        (None, true) => Some(FaceBox { x1: 0.0, y1: 0.0, x2: image.width() as f32, y2: image.height() as f32 }),
+        (Some(b), _) => Some(FaceBox {
+            x1: b[0],
+            y1: b[1],
+            x2: b[2],
+            y2: b[3],
+        }),
+        (None, true) => Some(FaceBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: image.width() as f32,
+            y2: image.height() as f32,
+        }),
         (None, false) => None,
     };
     if let Some(bbox) = given {
@@ -158,14 +186,26 @@ fn enrolment_face(faces: &mut StillFaces, args: &AddArgs, path: &Path) -> Result
             bail!("{}: the box must have x2 > x1 and y2 > y1", path.display());
         }
         let embedding = faces.embed_box(&image, bbox)?;
-        let face = Face { bbox, score: 1.0, landmarks: [[0.0; 2]; 5] };
+        let face = Face {
+            bbox,
+            score: 1.0,
+            landmarks: [[0.0; 2]; 5],
+        };
         return Ok((face, Enrolment::Box, embedding));
     }
-    let mut found = faces.faces(&image).with_context(|| path.display().to_string())?;
+    let mut found = faces
+        .faces(&image)
+        .with_context(|| path.display().to_string())?;
     match found.len() {
-        0 => bail!("{}: no face found; give the face with --box x1,y1,x2,y2, or --whole-image for a cropped face", path.display()),
+        0 => bail!(
+            "{}: no face found; give the face with --box x1,y1,x2,y2, or --whole-image for a cropped face",
+            path.display()
+        ),
         n if n > 1 && !args.largest => {
-            bail!("{}: {n} faces found; add --largest to enrol the largest, or --box to choose one", path.display())
+            bail!(
+                "{}: {n} faces found; add --largest to enrol the largest, or --box to choose one",
+                path.display()
+            )
         }
         _ => {
             let first = found.remove(0);
@@ -186,7 +226,9 @@ fn add(args: &AddArgs) -> Result<ExitCode> {
     bar.set_message(format!("adding {}", shown(&args.name)));
     let mut failed = 0;
     for path in &files {
-        match enrolment_face(&mut faces, args, path).and_then(|found| add_entry(&mut gallery, args, path, found)) {
+        match enrolment_face(&mut faces, args, path)
+            .and_then(|found| add_entry(&mut gallery, args, path, found))
+        {
             Ok(()) => {}
             Err(e) => {
                 failed += 1;
@@ -200,11 +242,26 @@ fn add(args: &AddArgs) -> Result<ExitCode> {
     if added > 0 {
         gallery.save()?;
     }
-    println!("added {added} of {} image(s) as {:?} ({}); gallery now holds {} entries", files.len(), args.name, args.modality, gallery.entries().len());
-    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    println!(
+        "added {added} of {} image(s) as {:?} ({}); gallery now holds {} entries",
+        files.len(),
+        args.name,
+        args.modality,
+        gallery.entries().len()
+    );
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn add_entry(gallery: &mut Gallery, args: &AddArgs, path: &Path, (face, enrolment, embedding): (Face, Enrolment, Embedding)) -> Result<()> {
+fn add_entry(
+    gallery: &mut Gallery,
+    args: &AddArgs,
+    path: &Path,
+    (face, enrolment, embedding): (Face, Enrolment, Embedding),
+) -> Result<()> {
     let source = std::fs::canonicalize(path).with_context(|| path.display().to_string())?;
     let entry = NewEntry {
         name: args.name.clone(),
@@ -223,7 +280,11 @@ fn remove(dir: &Path, name: &str) -> Result<ExitCode> {
     let mut gallery = Gallery::open_for_update(dir)?;
     let removed = gallery.remove(name)?;
     gallery.save()?;
-    println!("removed {removed} entries of {}; {} entries remain", shown(name), gallery.entries().len());
+    println!(
+        "removed {removed} entries of {}; {} entries remain",
+        shown(name),
+        gallery.entries().len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -240,7 +301,13 @@ fn list(dir: &Path, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let model = gallery.model();
-    println!("gallery {}: model {} (sha256 {:.12}…), {} entries", dir.display(), model.file, model.sha256, gallery.entries().len());
+    println!(
+        "gallery {}: model {} (sha256 {:.12}…), {} entries",
+        dir.display(),
+        model.file,
+        model.sha256,
+        gallery.entries().len()
+    );
     let mut people: Vec<(&str, usize, usize)> = Vec::new();
     for entry in gallery.entries() {
         let slot = match people.iter().position(|p| p.0 == entry.name) {
@@ -273,12 +340,23 @@ fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
         let image = load_image(&entry.source).context("cannot re-read an enrolled image")?;
         let sha = file_sha256(&entry.source)?;
         if sha != entry.source_sha256 {
-            bail!("{} changed since it was enrolled (sha256 differs); remove {:?} and add it again", entry.source.display(), entry.name);
+            bail!(
+                "{} changed since it was enrolled (sha256 differs); remove {:?} and add it again",
+                entry.source.display(),
+                entry.name
+            );
         }
         let [x1, y1, x2, y2] = entry.bbox;
         let bbox = FaceBox { x1, y1, x2, y2 };
         let embedding = match entry.landmarks {
-            Some(landmarks) => faces.embed_landmarked(&image, &Face { bbox, score: 1.0, landmarks })?,
+            Some(landmarks) => faces.embed_landmarked(
+                &image,
+                &Face {
+                    bbox,
+                    score: 1.0,
+                    landmarks,
+                },
+            )?,
             None => faces.embed_box(&image, bbox)?,
         };
         embeddings.push(embedding);
@@ -287,6 +365,11 @@ fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     gallery.replace_model(model.clone(), &embeddings)?;
     gallery.save()?;
-    println!("re-embedded {} entries with {} (sha256 {:.12}…)", embeddings.len(), model.file, model.sha256);
+    println!(
+        "re-embedded {} entries with {} (sha256 {:.12}…)",
+        embeddings.len(),
+        model.file,
+        model.sha256
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -120,7 +120,10 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(command: Command) -> Result<ExitCode> {
@@ -164,7 +167,10 @@ fn models_check(args: &RuntimeArgs) -> Result<ExitCode> {
         }
     }
     if failed > 0 {
-        eprintln!("error: {failed} of {} models failed the check", SHIPPED.len());
+        eprintln!(
+            "error: {failed} of {} models failed the check",
+            SHIPPED.len()
+        );
         return Ok(ExitCode::FAILURE);
     }
     println!("\nall {} models ok", SHIPPED.len());
@@ -174,7 +180,9 @@ fn models_check(args: &RuntimeArgs) -> Result<ExitCode> {
 /// Reads an image and finds its faces; errors name the file.
 fn load_and_detect(detector: &mut Mtcnn, path: &Path) -> Result<(RgbImage, Vec<Face>)> {
     let image = load_image(path)?;
-    let faces = detector.detect(&image).with_context(|| path.display().to_string())?;
+    let faces = detector
+        .detect(&image)
+        .with_context(|| path.display().to_string())?;
     Ok((image, faces))
 }
 
@@ -190,7 +198,11 @@ pub fn for_each_file(paths: &[PathBuf], mut each: impl FnMut(&Path) -> Result<()
             }
         })
         .count();
-    if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -202,7 +214,11 @@ struct ImageFaces<'a> {
 }
 
 fn detect(args: &DetectArgs) -> Result<ExitCode> {
-    let mut detector = open_detector(&args.runtime.runtime()?, &args.runtime.models_dir(), args.detector.config(args.largest))?;
+    let mut detector = open_detector(
+        &args.runtime.runtime()?,
+        &args.runtime.models_dir(),
+        args.detector.config(args.largest),
+    )?;
     Ok(for_each_file(&args.images, |path| {
         let (image, faces) = load_and_detect(&mut detector, path)?;
         print_faces(
@@ -218,16 +234,27 @@ fn detect(args: &DetectArgs) -> Result<ExitCode> {
 }
 
 fn align(args: &AlignArgs) -> Result<ExitCode> {
-    let mut detector = open_detector(&args.runtime.runtime()?, &args.runtime.models_dir(), args.detector.config(args.largest))?;
+    let mut detector = open_detector(
+        &args.runtime.runtime()?,
+        &args.runtime.models_dir(),
+        args.detector.config(args.largest),
+    )?;
     let aligner = Aligner::new(args.aligner.mode(), DLIB_CHIP_SIZE);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     Ok(for_each_file(&args.images, |path| {
         let (image, faces) = load_and_detect(&mut detector, path)?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for (i, face) in faces.iter().enumerate() {
-            let chip = aligner.align(&image, face).with_context(|| format!("{}: face {i}", path.display()))?;
+            let chip = aligner
+                .align(&image, face)
+                .with_context(|| format!("{}: face {i}", path.display()))?;
             let target = args.out.join(format!("{stem}_face{i}.png"));
-            chip.save(&target).with_context(|| format!("cannot write {}", target.display()))?;
+            chip.save(&target)
+                .with_context(|| format!("cannot write {}", target.display()))?;
             println!("{}", target.display());
         }
         Ok(())
@@ -239,7 +266,13 @@ fn print_faces(result: &ImageFaces<'_>, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(result)?);
         return Ok(());
     }
-    println!("{} ({}×{}): {} face(s)", result.image.display(), result.width, result.height, result.faces.len());
+    println!(
+        "{} ({}×{}): {} face(s)",
+        result.image.display(),
+        result.width,
+        result.height,
+        result.faces.len()
+    );
     for (i, face) in result.faces.iter().enumerate() {
         let b = face.bbox;
         let [le, re, ..] = face.landmarks;

@@ -88,10 +88,20 @@ pub fn identify(args: &IdentifyArgs) -> Result<ExitCode> {
     let thresholds = args.threshold.map(Thresholds::uniform);
     Ok(for_each_file(&args.images, |path| {
         let image = load_image(path)?;
-        let mut result = IdentifiedImage { image: path, faces: Vec::new() };
-        for face in faces.faces(&image).with_context(|| path.display().to_string())? {
+        let mut result = IdentifiedImage {
+            image: path,
+            faces: Vec::new(),
+        };
+        for face in faces
+            .faces(&image)
+            .with_context(|| path.display().to_string())?
+        {
             let found = gallery.identify(&face.embedding, args.modality, thresholds.as_ref())?;
-            result.faces.push(identified_face(face.face.bbox.to_array(), found, args.top_k));
+            result.faces.push(identified_face(
+                face.face.bbox.to_array(),
+                found,
+                args.top_k,
+            ));
         }
         print_identified(&result, args.json)
     }))
@@ -105,8 +115,11 @@ fn print_identified(result: &IdentifiedImage<'_>, json: bool) -> Result<()> {
     println!("{}: {} face(s)", result.image.display(), result.faces.len());
     for (i, face) in result.faces.iter().enumerate() {
         let [x1, y1, x2, y2] = face.bbox;
-        let others: Vec<String> =
-            face.candidates.iter().map(|c| format!("{} {:.3}", shown(&c.identity), c.similarity)).collect();
+        let others: Vec<String> = face
+            .candidates
+            .iter()
+            .map(|c| format!("{} {:.3}", shown(&c.identity), c.similarity))
+            .collect();
         println!(
             "  #{i:<2} ({x1:.0},{y1:.0})–({x2:.0},{y2:.0})  {}  similarity {:.3} (threshold {:.3})  candidates: {}",
             shown(&face.identity),
@@ -146,7 +159,12 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let multi_task = faces.model_id().branches.len() > 1;
     let mut largest = |path: &Path| -> Result<Embedding> {
         let image = load_image(path)?;
-        match faces.faces(&image).with_context(|| path.display().to_string())?.into_iter().next() {
+        match faces
+            .faces(&image)
+            .with_context(|| path.display().to_string())?
+            .into_iter()
+            .next()
+        {
             Some(face) => Ok(face.embedding),
             None => bail!("{}: no face found", path.display()),
         }
@@ -154,7 +172,9 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let (a, b) = (largest(&args.a)?, largest(&args.b)?);
     let branch = Branch::for_pair(args.modality_a, args.modality_b, multi_task);
     let similarity = carivis::gallery::index::dot(pick(&a, branch), pick(&b, branch));
-    let threshold = args.threshold.unwrap_or_else(|| Thresholds::default().get(args.modality_a, args.modality_b));
+    let threshold = args
+        .threshold
+        .unwrap_or_else(|| Thresholds::default().get(args.modality_a, args.modality_b));
     let same = similarity >= threshold;
     if args.json {
         let value = serde_json::json!({
@@ -163,8 +183,15 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
         });
         println!("{value}");
     } else {
-        let verdict = if same { "same person" } else { "different people" };
-        println!("{verdict}: similarity {similarity:.3} (threshold {threshold:.3}, {} branch)", branch.name());
+        let verdict = if same {
+            "same person"
+        } else {
+            "different people"
+        };
+        println!(
+            "{verdict}: similarity {similarity:.3} (threshold {threshold:.3}, {} branch)",
+            branch.name()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -210,7 +237,9 @@ pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
     let model = faces.model_id();
     Ok(for_each_file(&args.images, |path| {
         let image = load_image(path)?;
-        let found = faces.faces(&image).with_context(|| path.display().to_string())?;
+        let found = faces
+            .faces(&image)
+            .with_context(|| path.display().to_string())?;
         let out = EmbeddedImage {
             image: path,
             model_sha256: &model.sha256,
