@@ -16,14 +16,20 @@ use crate::types::{Face, Landmarks, RgbImage};
 pub const DLIB_CHIP_SIZE: u32 = 150;
 
 /// The five-point template (left eye, right eye, nose tip, left and right mouth corners) in
-/// 150×150 chip pixels, derived from dlib's 68-point mean face so that MTCNN's points land
-/// where dlib's own alignment (`get_face_chip`, padding 0.25) puts the face.
+/// 150×150 chip pixels: the mean of MTCNN's landmarks on dlib's own chips (`get_face_chip`,
+/// padding 0.25) of 362 CaVI photos, measured by `scripts/measure_align_template.py`.
+///
+/// Chosen over the template derived from dlib's 68-point mean face ((47.549, 46.599),
+/// (100.476, 46.599), (74.013, 76.562), (50.415, 103.023), (97.610, 103.023)): on 3000 CaVI
+/// photo pairs ROC AUC 0.9840 vs 0.9839, on 2724 CaVI caricature–photo pairs 0.9427 vs 0.9413,
+/// and descriptors 7% closer to those of dlib's own alignment (mean distance 0.120 vs 0.129).
+/// Crop-only chips scored far lower (AUC 0.941 photo, 0.855 caricature at margin 0).
 pub const DLIB_TEMPLATE_150: Landmarks = [
-    [47.549, 46.599],
-    [100.476, 46.599],
-    [74.013, 76.562],
-    [50.415, 103.023],
-    [97.610, 103.023],
+    [47.805, 45.450],
+    [101.500, 45.205],
+    [74.403, 78.056],
+    [51.167, 105.408],
+    [97.815, 104.927],
 ];
 
 /// Warps scaling below this first area-downscale the source, so bilinear sampling does not skip
@@ -71,8 +77,10 @@ impl Affine {
     }
 
     /// The map taking pixels of a sub-image that starts at `origin` and was resized by `(fx, fy)`
-    /// to the same chip pixels this map takes the full image to.
+    /// to the same chip pixels this map takes the full image to. OpenCV's `resize` aligns pixel
+    /// centres: small pixel `x'` samples source `(x' + 0.5)/fx − 0.5`.
     fn after_crop_and_resize(&self, origin: [f64; 2], fx: f64, fy: f64) -> Affine {
+        let origin = [origin[0] + 0.5 / fx - 0.5, origin[1] + 0.5 / fy - 0.5];
         let [[a, b, c], [d, e, f]] = self.0;
         Affine([
             [a / fx, b / fy, a * origin[0] + b * origin[1] + c],

@@ -141,8 +141,12 @@ impl Index {
                 similarity: dot(query, v),
             })
             .collect();
-        hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        let by_similarity = |a: &Hit, b: &Hit| b.similarity.total_cmp(&a.similarity);
+        if k < hits.len() && k > 0 {
+            hits.select_nth_unstable_by(k - 1, by_similarity);
+        }
         hits.truncate(k);
+        hits.sort_by(by_similarity);
         hits
     }
 }

@@ -39,9 +39,10 @@ pub struct StillFaces {
     embedder: Embedder,
 }
 
-/// Margin each side, as a fraction of the box, when a face is given by a box (`--box`): what
-/// makes a tight face box cover about the area the 5-point template's chip covers.
-pub const BOX_MARGIN: f32 = 0.2;
+/// Margin each side, as a fraction of the box, when a face is given by a box (`--box`,
+/// `--whole-image`): dlib's chips are tightly framed, and on CaVI pairs crop-only accuracy fell
+/// steadily with the margin (photo pairs 0.871 at 0, 0.841 at 0.1, 0.783 at 0.2).
+pub const BOX_MARGIN: f32 = 0.0;
 
 impl StillFaces {
     /// Wires the three stages; the aligner's chip size must be the embedder's.

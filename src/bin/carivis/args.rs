@@ -85,7 +85,7 @@ pub struct AlignerArgs {
     #[arg(long, value_enum, default_value_t = AlignChoice::FivePoint)]
     pub align: AlignChoice,
     /// Margin on each side for --align crop, as a fraction of the box size.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.0)]
     pub crop_margin: f32,
 }
 
