@@ -1,7 +1,8 @@
 //! Embedding throughput (faces/s) at batch 1, 8 and 32, against the same ONNX model run through
 //! ONNX Runtime's Python API in the same run (`scripts/bench_embed_python.py`, in the model
 //! scripts' virtualenv; that side is skipped with a message when the virtualenv is missing).
-//! The chips are the aligned faces of real images.
+//! The chips are the aligned faces of real images. `CARIVIS_BENCH_DEVICE=cuda` (in a build with
+//! `--features cuda`) measures the CUDA provider instead; the Python side always uses the CPU.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,7 +22,13 @@ fn root() -> &'static Path {
 
 fn rust_faces_per_second(runtime: &Runtime, chips: &[RgbImage], batch: usize) -> f64 {
     let mut embedder =
-        Embedder::open(runtime, &root().join("models").join(DLIB_SPEC.file), batch).unwrap();
+        match Embedder::open(runtime, &root().join("models").join(DLIB_SPEC.file), batch) {
+            Ok(embedder) => embedder,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        };
     let stack: Vec<RgbImage> = (0..batch).map(|i| chips[i % chips.len()].clone()).collect();
     embedder.embed(&stack).unwrap();
     let started = Instant::now();
@@ -81,18 +88,31 @@ fn main() {
         .iter()
         .map(|f| image::open(f).unwrap().to_rgb8())
         .collect();
-    let runtime = Runtime::init(RuntimeConfig {
-        device: Device::Cpu,
+    let device = match std::env::var("CARIVIS_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda,
+        _ => Device::Cpu,
+    };
+    let runtime = match Runtime::init(RuntimeConfig {
+        device,
         intra_threads: THREADS,
-    })
-    .expect("ONNX Runtime");
+    }) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     let rust: Vec<f64> = BATCHES
         .iter()
         .map(|&b| rust_faces_per_second(&runtime, &chips, b))
         .collect();
-    let python = python_faces_per_second(&chip_files);
+    let python = if device == Device::Cpu {
+        python_faces_per_second(&chip_files)
+    } else {
+        None
+    };
     println!(
-        "embedding throughput, dlib descriptor, {THREADS} intra-op thread(s), {FACES} faces per batch size"
+        "embedding throughput, dlib descriptor, device {device:?}, {THREADS} intra-op thread(s), {FACES} faces per batch size"
     );
     for (i, batch) in BATCHES.iter().enumerate() {
         match &python {

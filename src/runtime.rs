@@ -282,8 +282,12 @@ impl Runtime {
                 .session(path, bytes, true)
                 .map(|s| (s, Provider::Cuda))
                 .map_err(|e| match e {
-                    RuntimeError::ModelInvalid { reason, .. } => {
-                        RuntimeError::CudaUnavailable(reason)
+                    RuntimeError::ModelInvalid { reason, .. } | RuntimeError::CudaUnavailable(reason) => {
+                        RuntimeError::CudaUnavailable(format!(
+                            "{reason} (ONNX Runtime library {}; a GPU build needs onnxruntime-gpu: \
+                             `scripts/setup --cuda`, or ORT_DYLIB_PATH, with CUDA and cuDNN libraries on the library path)",
+                            self.library.display()
+                        ))
                     }
                     other => other,
                 }),
