@@ -1,6 +1,6 @@
 //! OpenCV interop: converting between OpenCV's BGR `Mat`s and the `RgbImage`s stages exchange.
 
-use opencv::boxed_ref::BoxedRef;
+use opencv::boxed_ref::{BoxedRef, BoxedRefMut};
 use opencv::core::{Mat, Vec3b};
 use opencv::imgproc;
 use opencv::prelude::*;
@@ -43,6 +43,12 @@ pub fn image_as_mat(image: &RgbImage) -> opencv::Result<BoxedRef<'_, Mat>> {
     )
 }
 
+/// A mutable borrowed 3-channel `Mat` over the image's pixels (for drawing in place).
+pub fn image_as_mat_mut(image: &mut RgbImage) -> opencv::Result<BoxedRefMut<'_, Mat>> {
+    let (rows, cols) = (image.height() as i32, image.width() as i32);
+    Mat::new_rows_cols_with_data_mut(rows, cols, pixels_mut(image))
+}
+
 /// A 3-channel 8-bit `Mat` as an image, channel order unchanged.
 pub fn mat_into_image(mat: &Mat) -> opencv::Result<RgbImage> {
     let (width, height) = (mat.cols() as u32, mat.rows() as u32);
@@ -52,6 +58,13 @@ pub fn mat_into_image(mat: &Mat) -> opencv::Result<RgbImage> {
         mat.try_clone()?.data_bytes()?.to_vec()
     };
     Ok(RgbImage::from_raw(width, height, bytes).expect("3 bytes per pixel"))
+}
+
+/// Views an image's packed RGB bytes as mutable OpenCV 3-byte pixels.
+fn pixels_mut(image: &mut RgbImage) -> &mut [Vec3b] {
+    let bytes: &mut [u8] = image;
+    // SAFETY: as in `bytemuck_pixels`: Vec3b is `#[repr(C)] [u8; 3]`, size 3, align 1.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<Vec3b>(), bytes.len() / 3) }
 }
 
 /// Views packed RGB bytes as OpenCV 3-byte pixels.

@@ -10,5 +10,8 @@ pub mod embed;
 pub mod gallery;
 pub mod models;
 pub mod pipeline;
+pub mod render;
 pub mod runtime;
+pub mod sink;
+pub mod track;
 pub mod types;

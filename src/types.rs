@@ -123,6 +123,57 @@ pub struct Embedding {
     pub caricature: Option<Vec<f32>>,
 }
 
+/// One captured frame: which source, its number and time in that source, and its pixels.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// Index of the source (several `--input`s run at once).
+    pub source: usize,
+    /// Frame number within the source, from 0.
+    pub index: u64,
+    /// Position in the source's timeline, in seconds.
+    pub time_s: f64,
+    /// The pixels, shared between stages without copying.
+    pub image: std::sync::Arc<RgbImage>,
+    /// When the frame was captured (for latency measurement).
+    pub captured: std::time::Instant,
+}
+
+/// A face with its track and the track's decided identity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrackedFace {
+    /// Track id, stable while the face stays in view.
+    pub track: u64,
+    /// Face box in this frame.
+    #[serde(rename = "box", with = "box_as_array")]
+    pub bbox: FaceBox,
+    /// Detector confidence.
+    pub score: f32,
+    /// The track's identity by weighted vote over its frames ("unknown" when nobody).
+    pub identity: String,
+    /// This frame's similarity to its best candidate.
+    pub similarity: f32,
+    /// Modality of the entries this frame matched.
+    pub matched_modality: Option<Modality>,
+    /// Whether the track has been seen long enough for its identity to be settled.
+    pub decided: bool,
+    /// This frame's own answer (the evidence behind the vote).
+    pub frame_identity: String,
+}
+
+/// Label shown for faces nobody in the gallery matches.
+pub const UNKNOWN: &str = "unknown";
+
+/// A frame after the pipeline: the original, the annotated copy, and its faces.
+#[derive(Clone, Debug)]
+pub struct AnnotatedFrame {
+    /// The captured frame.
+    pub frame: Frame,
+    /// The frame with boxes and labels drawn.
+    pub annotated: RgbImage,
+    /// The faces, with tracks and identities.
+    pub faces: Vec<TrackedFace>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,6 +113,97 @@ fn decode_with_opencv(bytes: &[u8]) -> opencv::Result<RgbImage> {
     crate::cv::mat_to_rgb(&mat)
 }
 
+/// Image file extensions read from folders.
+pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff"];
+
+/// The image files of a folder, sorted by name.
+pub fn images_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// A folder of images played as a video, in name order, at a fixed frame rate.
+pub struct ImageSequence {
+    name: String,
+    files: Vec<PathBuf>,
+    fps: f64,
+    next_index: u64,
+    source: usize,
+}
+
+impl ImageSequence {
+    /// Lists the folder's images; fails when it holds none.
+    pub fn open(dir: &Path, fps: f64, source: usize) -> Result<Self, super::CaptureError> {
+        let name = dir.display().to_string();
+        let files = images_in(dir).map_err(|e| super::CaptureError::Open {
+            source_name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        if files.is_empty() {
+            return Err(super::CaptureError::Open {
+                source_name: name,
+                reason: format!(
+                    "the folder holds no images ({})",
+                    IMAGE_EXTENSIONS.join(", ")
+                ),
+            });
+        }
+        Ok(Self {
+            name,
+            files,
+            fps,
+            next_index: 0,
+            source,
+        })
+    }
+}
+
+impl super::FrameSource for ImageSequence {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn fps(&self) -> f64 {
+        self.fps
+    }
+
+    fn frame_count(&self) -> Option<u64> {
+        Some(self.files.len() as u64)
+    }
+
+    fn is_live(&self) -> bool {
+        false
+    }
+
+    fn next_frame(&mut self) -> Result<Option<crate::types::Frame>, super::CaptureError> {
+        let Some(path) = self.files.get(self.next_index as usize) else {
+            return Ok(None);
+        };
+        let image = load_image(path).map_err(|e| super::CaptureError::Read {
+            source_name: self.name.clone(),
+            index: self.next_index,
+            reason: e.to_string(),
+        })?;
+        let index = self.next_index;
+        self.next_index += 1;
+        Ok(Some(crate::types::Frame {
+            source: self.source,
+            index,
+            time_s: index as f64 / self.fps,
+            image: std::sync::Arc::new(image),
+            captured: std::time::Instant::now(),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

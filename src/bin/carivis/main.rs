@@ -3,6 +3,7 @@
 mod args;
 mod gallery;
 mod recognise;
+mod video;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +53,14 @@ enum Command {
     Verify(recognise::VerifyArgs),
     /// Print the embeddings of every face, as JSON, for other tools.
     Embed(recognise::EmbedArgs),
+    /// Annotate video files offline: every frame, boxes and names drawn, MP4 (+ JSON Lines) out.
+    Annotate(video::AnnotateArgs),
+    /// Recognise people live from a camera (or a file played in real time) in a window.
+    Live(video::LiveArgs),
+    /// Measure the video pipeline: fps, per-stage times, latency, queue occupancy.
+    Bench(video::BenchArgs),
+    /// List the cameras found.
+    Cameras,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +146,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Identify(args) => recognise::identify(&args),
         Command::Verify(args) => recognise::verify(&args),
         Command::Embed(args) => recognise::embed(&args),
+        Command::Annotate(args) => video::annotate(&args),
+        Command::Live(args) => video::live(&args),
+        Command::Bench(args) => video::bench(&args),
+        Command::Cameras => video::cameras(),
     }
 }
 

@@ -1,0 +1,206 @@
+//! Measurements of a run: per-stage times, latency, queue occupancy, frame rates.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Pacing;
+
+/// A stopwatch for one piece of work.
+pub struct Timer(Instant);
+
+impl Timer {
+    /// Starts timing.
+    pub fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    /// Milliseconds since the start.
+    pub fn ms(&self) -> f64 {
+        self.0.elapsed().as_secs_f64() * 1e3
+    }
+}
+
+/// Values collected during a run (times in ms, queue lengths).
+#[derive(Default)]
+pub struct Samples(Vec<f64>);
+
+impl Samples {
+    /// Adds a value.
+    pub fn push(&mut self, value: f64) {
+        self.0.push(value);
+    }
+
+    /// Summary under a name.
+    pub fn stats(mut self, name: &str) -> StageStats {
+        self.0.sort_by(f64::total_cmp);
+        let n = self.0.len();
+        let at = |q: f64| {
+            if n == 0 {
+                0.0
+            } else {
+                self.0[((n - 1) as f64 * q).round() as usize]
+            }
+        };
+        StageStats {
+            name: name.to_string(),
+            count: n,
+            mean: if n == 0 {
+                0.0
+            } else {
+                self.0.iter().sum::<f64>() / n as f64
+            },
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// Summary of one stage's times (ms) or one queue's occupancy (frames).
+#[derive(Clone, Debug, Serialize)]
+pub struct StageStats {
+    /// What was measured.
+    pub name: String,
+    /// Number of samples.
+    pub count: usize,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// Frames per second over the last second or so of frames.
+#[derive(Default)]
+pub struct RateMeter(VecDeque<Instant>);
+
+impl RateMeter {
+    /// Records a frame now and returns the current rate.
+    pub fn tick(&mut self) -> f64 {
+        let now = Instant::now();
+        self.0.push_back(now);
+        while self.0.len() > 30 {
+            self.0.pop_front();
+        }
+        let span = now
+            .duration_since(*self.0.front().expect("just pushed"))
+            .as_secs_f64();
+        if self.0.len() < 2 || span == 0.0 {
+            0.0
+        } else {
+            (self.0.len() - 1) as f64 / span
+        }
+    }
+}
+
+/// What a run did and how fast.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Live or offline.
+    pub pacing: Pacing,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Frames read from the sources.
+    pub frames_captured: u64,
+    /// Frames that reached the sink.
+    pub frames_out: u64,
+    /// Frames dropped at the source (live pacing).
+    pub frames_dropped: u64,
+    /// Frames where a stage failed (the frame went on without faces).
+    pub stage_errors: u64,
+    /// Frames out per second of wall-clock time.
+    pub fps: f64,
+    /// Time per stage (ms).
+    pub stages: Vec<StageStats>,
+    /// Capture-to-sink latency (ms).
+    pub latency: StageStats,
+    /// Queue lengths seen by each consumer before taking an item (frames).
+    pub queues: Vec<StageStats>,
+}
+
+impl RunReport {
+    /// Assembles the report.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pacing: Pacing,
+        elapsed: Duration,
+        frames_captured: u64,
+        frames_out: u64,
+        frames_dropped: u64,
+        stage_errors: u64,
+        stages: Vec<StageStats>,
+        latency: StageStats,
+        queues: Vec<StageStats>,
+    ) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Self {
+            pacing,
+            seconds,
+            frames_captured,
+            frames_out,
+            frames_dropped,
+            stage_errors,
+            fps: if seconds > 0.0 {
+                frames_out as f64 / seconds
+            } else {
+                0.0
+            },
+            stages,
+            latency,
+            queues,
+        }
+    }
+
+    /// A readable multi-line summary.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:?}: {} frames in {:.1} s = {:.1} fps; captured {}, dropped {}, stage errors {}\n",
+            self.pacing,
+            self.frames_out,
+            self.seconds,
+            self.fps,
+            self.frames_captured,
+            self.frames_dropped,
+            self.stage_errors
+        );
+        out.push_str(&format!(
+            "{:<28} {:>7} {:>9} {:>9} {:>9}\n",
+            "", "count", "mean", "p50", "p99"
+        ));
+        for s in self.stages.iter().chain([&self.latency]) {
+            out.push_str(&format!(
+                "{:<28} {:>7} {:>7.1}ms {:>7.1}ms {:>7.1}ms\n",
+                s.name, s.count, s.mean, s.p50, s.p99
+            ));
+        }
+        for q in &self.queues {
+            out.push_str(&format!(
+                "{:<28} {:>7} {:>9.2} {:>9.0} {:>9.0}\n",
+                q.name, q.count, q.mean, q.p50, q.p99
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_sample() {
+        let mut samples = Samples::default();
+        (1..=100).for_each(|v| samples.push(f64::from(v)));
+        let s = samples.stats("x");
+        assert_eq!(
+            (s.count, s.mean, s.p50, s.p99, s.max),
+            (100, 50.5, 51.0, 99.0, 100.0)
+        );
+        assert_eq!(Samples::default().stats("empty").mean, 0.0);
+    }
+}

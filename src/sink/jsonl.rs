@@ -1,0 +1,89 @@
+//! JSON Lines: one object per frame, `{"frame", "time_s", "faces": [...]}`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{Control, Sink, SinkError};
+use crate::types::{AnnotatedFrame, TrackedFace};
+
+/// Writes one line per frame to a file (through a temporary file, renamed when finished).
+pub struct JsonlSink {
+    path: PathBuf,
+    partial: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    source: usize,
+    frame: u64,
+    time_s: f64,
+    faces: &'a [TrackedFace],
+}
+
+impl JsonlSink {
+    /// Creates the output (under [`partial_path`] until [`Sink::finish`]).
+    pub fn create(path: &Path) -> Result<Self, SinkError> {
+        let partial = partial_path(path);
+        let file = File::create(&partial).map_err(|e| SinkError::Create {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            partial,
+            out: Some(BufWriter::new(file)),
+        })
+    }
+
+    fn error(&self, e: impl ToString) -> SinkError {
+        SinkError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// `out.mp4` → `out.partial.mp4`: where an output is written until it is complete (the
+/// extension stays last, so writers that pick a container by extension still work).
+pub fn partial_path(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.partial.{}", ext.to_string_lossy()),
+        None => format!("{stem}.partial"),
+    };
+    path.with_file_name(name)
+}
+
+impl Sink for JsonlSink {
+    fn write(&mut self, frame: &AnnotatedFrame) -> Result<Control, SinkError> {
+        let line = Line {
+            source: frame.frame.source,
+            frame: frame.frame.index,
+            time_s: frame.frame.time_s,
+            faces: &frame.faces,
+        };
+        let text = serde_json::to_string(&line).map_err(|e| self.error(e))?;
+        let out = self.out.as_mut().expect("not finished");
+        writeln!(out, "{text}").map_err(|e| SinkError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Control::Continue)
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        if let Some(mut out) = self.out.take() {
+            out.flush().map_err(|e| self.error(e))?;
+            out.get_ref().sync_all().map_err(|e| self.error(e))?;
+            std::fs::rename(&self.partial, &self.path).map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
+}

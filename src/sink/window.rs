@@ -1,0 +1,73 @@
+//! A window showing the annotated frames (minifb, X11). It must stay on the thread that made it.
+
+use std::path::PathBuf;
+
+use minifb::{Key, Window, WindowOptions};
+
+use super::{Control, Sink, SinkError};
+use crate::types::AnnotatedFrame;
+
+/// A window that shows each frame; `q`, Esc or closing it asks the run to stop.
+pub struct WindowSink {
+    title: String,
+    window: Option<Window>,
+    buffer: Vec<u32>,
+}
+
+impl WindowSink {
+    /// Prepares a window; it opens at the first frame, at that frame's size.
+    pub fn new(title: &str) -> Self {
+        Self {
+            title: title.to_string(),
+            window: None,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn error(&self, reason: impl ToString) -> SinkError {
+        SinkError::Create {
+            path: PathBuf::from(format!("window {:?}", self.title)),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Sink for WindowSink {
+    fn write(&mut self, frame: &AnnotatedFrame) -> Result<Control, SinkError> {
+        let (w, h) = (
+            frame.annotated.width() as usize,
+            frame.annotated.height() as usize,
+        );
+        if self.window.is_none() {
+            let window = Window::new(&self.title, w, h, WindowOptions::default()).map_err(|e| {
+                self.error(format!(
+                    "{e} (is a display available? set DISPLAY, or use Xvfb)"
+                ))
+            })?;
+            self.window = Some(window);
+        }
+        self.buffer.clear();
+        self.buffer.extend(
+            frame
+                .annotated
+                .pixels()
+                .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2])),
+        );
+        let window = self.window.as_mut().expect("opened above");
+        if !window.is_open() || window.is_key_down(Key::Escape) || window.is_key_down(Key::Q) {
+            return Ok(Control::Stop);
+        }
+        window
+            .update_with_buffer(&self.buffer, w, h)
+            .map_err(|e| SinkError::Write {
+                path: PathBuf::from(format!("window {:?}", self.title)),
+                reason: e.to_string(),
+            })?;
+        Ok(Control::Continue)
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.window = None;
+        Ok(())
+    }
+}

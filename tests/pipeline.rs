@@ -1,0 +1,131 @@
+//! The video pipeline end to end on the committed sample video and demo gallery: annotation
+//! (video and JSON Lines out, frame counts, labels), and `live` without a camera.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn carivis() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_carivis"))
+}
+
+/// Frame count and rate of a video as ffprobe reads them.
+fn ffprobe(path: &Path) -> (u64, String) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,r_frame_rate",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe (installed by scripts/setup)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.trim().split(',');
+    let rate = fields.next().unwrap_or_default().to_string();
+    let frames = fields.next().unwrap_or_default().parse().unwrap_or(0);
+    (frames, rate)
+}
+
+#[test]
+fn annotate_labels_the_person_on_the_sample_video_and_writes_readable_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (video, jsonl) = (dir.path().join("out.mp4"), dir.path().join("out.jsonl"));
+    let frames = 90;
+    let out = carivis()
+        .args(["annotate", "--frames", &frames.to_string(), "--gallery"])
+        .arg(repo("galleries/demo"))
+        .arg(repo("samples/obama_weekly_address.mp4"))
+        .arg("-o")
+        .arg(&video)
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(ffprobe(&video), (frames, "30/1".to_string()));
+    let lines: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, frames);
+    let with_face: Vec<&Value> = lines
+        .iter()
+        .filter(|l| !l["faces"].as_array().unwrap().is_empty())
+        .collect();
+    let labelled = with_face
+        .iter()
+        .filter(|l| l["faces"][0]["identity"] == "Barack Obama")
+        .count();
+    eprintln!(
+        "{labelled} of {} frames with a face labelled Barack Obama",
+        with_face.len()
+    );
+    assert!(with_face.len() as u64 >= frames * 9 / 10);
+    assert!(
+        labelled * 10 >= with_face.len() * 9,
+        "{labelled}/{}",
+        with_face.len()
+    );
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["frame"], i as u64);
+    }
+    assert!(!dir.path().join("out.partial.mp4").exists());
+}
+
+#[test]
+fn live_without_a_camera_says_so() {
+    let out = carivis()
+        .args(["live", "--gallery"])
+        .arg(repo("galleries/demo"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no camera found") && stderr.contains("--input"),
+        "{stderr}"
+    );
+    let out = carivis()
+        .args(["live", "--camera", "3", "--gallery"])
+        .arg(repo("galleries/demo"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("camera 3") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn annotate_reports_a_missing_or_unreadable_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("not-a-video.mp4");
+    std::fs::write(&bogus, "hello").unwrap();
+    for input in [dir.path().join("missing.mp4"), bogus] {
+        let out = carivis()
+            .arg("annotate")
+            .arg(&input)
+            .arg("-o")
+            .arg(dir.path().join("o.mp4"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&input.display().to_string()) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
