@@ -63,7 +63,7 @@ pub fn draw(image: &mut RgbImage, faces: &[TrackedFace], status: Status) -> open
             rect,
             colour(fill),
             (2.0 * scale).ceil() as i32,
-            imgproc::LINE_AA,
+            imgproc::LINE_8,
             0,
         )?;
         let label = drawable(&format!("{} {:.2}", face.identity, face.similarity));
