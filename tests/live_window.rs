@@ -10,7 +10,10 @@ fn repo(relative: &str) -> PathBuf {
 }
 
 fn available(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Kills the child (an X server) when dropped.
@@ -26,7 +29,9 @@ impl Drop for Reaper {
 #[test]
 fn live_shows_frames_and_labels_in_a_window() {
     if !available("Xvfb") || !available("import") {
-        eprintln!("SKIPPED live_shows_frames_and_labels_in_a_window: Xvfb or ImageMagick's import missing (scripts/setup installs them)");
+        eprintln!(
+            "SKIPPED live_shows_frames_and_labels_in_a_window: Xvfb or ImageMagick's import missing (scripts/setup installs them)"
+        );
         return;
     }
     let display = ":87";
@@ -52,7 +57,11 @@ fn live_shows_frames_and_labels_in_a_window() {
     std::thread::sleep(Duration::from_secs(4));
     let dir = tempfile::tempdir().unwrap();
     let shot = dir.path().join("screen.png");
-    let taken = Command::new("import").args(["-display", display, "-window", "root"]).arg(&shot).status().unwrap();
+    let taken = Command::new("import")
+        .args(["-display", display, "-window", "root"])
+        .arg(&shot)
+        .status()
+        .unwrap();
     let finished = live.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&finished.stderr);
     assert!(taken.success(), "screenshot failed");
@@ -62,8 +71,14 @@ fn live_shows_frames_and_labels_in_a_window() {
     }
     let screen = image::open(&shot).unwrap().to_rgb8();
     let green_label = screen.pixels().filter(|p| p.0 == [40, 200, 60]).count();
-    let lit = screen.pixels().filter(|p| p.0.iter().map(|&c| u32::from(c)).sum::<u32>() > 150).count();
+    let lit = screen
+        .pixels()
+        .filter(|p| p.0.iter().map(|&c| u32::from(c)).sum::<u32>() > 150)
+        .count();
     eprintln!("screenshot: {green_label} pixels of the known-person colour, {lit} lit pixels");
     assert!(green_label > 500, "no labelled box on screen");
-    assert!(lit > (screen.width() * screen.height() / 4) as usize, "no video frame on screen");
+    assert!(
+        lit > (screen.width() * screen.height() / 4) as usize,
+        "no video frame on screen"
+    );
 }

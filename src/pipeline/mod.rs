@@ -62,6 +62,9 @@ pub struct PipelineConfig {
     pub max_frames: Option<u64>,
     /// Start a file again when it ends (soak tests), until stopped.
     pub loop_input: bool,
+    /// Run the full detector on every N-th frame of a source; in between, known faces are
+    /// followed with O-Net alone (1 = full detection on every frame).
+    pub detect_every: u32,
 }
 
 impl Default for PipelineConfig {
@@ -75,6 +78,7 @@ impl Default for PipelineConfig {
             tracker: TrackerConfig::default(),
             max_frames: None,
             loop_input: false,
+            detect_every: 5,
         }
     }
 }
@@ -184,8 +188,16 @@ pub fn run(
         let gallery = gallery.as_ref();
         // Each stage owns its receiver and sender, so a finished stage closes its output and
         // the next one drains and ends.
-        let detect = scope
-            .spawn(move || detect_stage(&mut detector, &aligner, frames_rx, detected_tx, counters));
+        let detect = scope.spawn(move || {
+            detect_stage(
+                &mut detector,
+                &aligner,
+                config.detect_every,
+                frames_rx,
+                detected_tx,
+                counters,
+            )
+        });
         let embed = scope.spawn(move || {
             embed_stage(
                 &mut embedder,
@@ -332,20 +344,31 @@ fn hand_on(tx: &Sender<Frame>, frame: Frame, pacing: Pacing, counters: &Counters
 fn detect_stage(
     detector: &mut Mtcnn,
     aligner: &Aligner,
+    detect_every: u32,
     rx: Receiver<Frame>,
     tx: Sender<Detected>,
     counters: &Counters,
 ) -> (Samples, Samples) {
     let (mut time, mut occupancy) = (Samples::default(), Samples::default());
+    let mut followed: HashMap<usize, (Vec<Face>, u32)> = HashMap::new();
     loop {
         occupancy.push(rx.len() as f64);
         let Ok(frame) = rx.recv() else { break };
         let timer = Timer::start();
-        let faces = detector.detect(&frame.image).unwrap_or_else(|e| {
+        let (previous, since_full) = followed.entry(frame.source).or_default();
+        let full = *since_full == 0 || previous.is_empty();
+        let found = if full {
+            detector.detect(&frame.image)
+        } else {
+            detector.refine(&frame.image, previous)
+        };
+        let faces = found.unwrap_or_else(|e| {
             counters.stage_errors.fetch_add(1, Ordering::SeqCst);
             tracing::warn!("frame {}: detection failed: {e}", frame.index);
             Vec::new()
         });
+        *since_full = if full { 1 } else { *since_full + 1 } % detect_every.max(1);
+        previous.clone_from(&faces);
         let (faces, chips): (Vec<Face>, Vec<RgbImage>) = faces
             .into_iter()
             .filter_map(|f| aligner.align(&frame.image, &f).ok().map(|chip| (f, chip)))

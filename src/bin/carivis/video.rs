@@ -39,6 +39,10 @@ pub struct VideoArgs {
     /// Stop after N frames per source.
     #[arg(long, value_name = "N")]
     frames: Option<u64>,
+    /// Full detection on every N-th frame; in between, known faces are followed with O-Net
+    /// alone (new faces appear within N frames). 1 = full detection on every frame.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    detect_every: u32,
     #[command(flatten)]
     recognizer: RecognizerArgs,
 }
@@ -73,6 +77,7 @@ impl VideoArgs {
             thresholds: self.threshold.map(Thresholds::uniform),
             max_frames: self.frames,
             loop_input,
+            detect_every: self.detect_every,
             ..PipelineConfig::default()
         }
     }
