@@ -44,7 +44,7 @@ fn live_shows_frames_and_labels_in_a_window() {
             .unwrap(),
     );
     std::thread::sleep(Duration::from_millis(800));
-    let mut live = Command::new(env!("CARGO_BIN_EXE_carivis"))
+    let live = Command::new(env!("CARGO_BIN_EXE_carivis"))
         .args(["live", "--frames", "150", "--input"])
         .arg(repo("samples/obama_weekly_address.mp4"))
         .arg("--gallery")
