@@ -177,8 +177,13 @@ pub fn run(
             .iter()
             .enumerate()
             .map(|(i, spec)| {
-                let (tx, open_tx, counters) = (frames_tx.clone(), open_tx.clone(), &counters);
-                scope.spawn(move || capture(spec, i, config, &tx, &open_tx, stop, counters))
+                let (tx, stale, open_tx, counters) = (
+                    frames_tx.clone(),
+                    frames_rx.clone(),
+                    open_tx.clone(),
+                    &counters,
+                );
+                scope.spawn(move || capture(spec, i, config, &tx, &stale, &open_tx, stop, counters))
             })
             .collect();
         drop((frames_tx, open_tx));
@@ -272,6 +277,7 @@ fn capture(
     source: usize,
     config: &PipelineConfig,
     tx: &Sender<Frame>,
+    stale: &Receiver<Frame>,
     open_tx: &Sender<Result<SourceInfo, CaptureError>>,
     stop: &AtomicBool,
     counters: &Counters,
@@ -318,26 +324,41 @@ fn capture(
         }
         counters.captured.fetch_add(1, Ordering::SeqCst);
         delivered += 1;
-        if !hand_on(tx, frame, config.pacing, counters) {
+        if !hand_on(tx, stale, frame, config.pacing, counters) {
             break;
         }
     }
     Ok(())
 }
 
-/// Sends a frame on: live pacing drops it when the detector is busy; offline waits. Returns
+/// Sends a frame on. Offline pacing waits for room. Live pacing never waits: when the
+/// detector has not yet taken the previous frame, that stale frame is dropped (and counted) and
+/// the new one takes its place, so the detector always starts on the newest frame. Returns
 /// false when the pipeline has shut down.
-fn hand_on(tx: &Sender<Frame>, frame: Frame, pacing: Pacing, counters: &Counters) -> bool {
+fn hand_on(
+    tx: &Sender<Frame>,
+    stale: &Receiver<Frame>,
+    frame: Frame,
+    pacing: Pacing,
+    counters: &Counters,
+) -> bool {
     match pacing {
         Pacing::Offline => tx.send(frame).is_ok(),
-        Pacing::Live => match tx.try_send(frame) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                counters.dropped.fetch_add(1, Ordering::SeqCst);
-                true
+        Pacing::Live => {
+            let mut frame = frame;
+            loop {
+                match tx.try_send(frame) {
+                    Ok(()) => return true,
+                    Err(TrySendError::Disconnected(_)) => return false,
+                    Err(TrySendError::Full(back)) => {
+                        if stale.try_recv().is_ok() {
+                            counters.dropped.fetch_add(1, Ordering::SeqCst);
+                        }
+                        frame = back;
+                    }
+                }
             }
-            Err(TrySendError::Disconnected(_)) => false,
-        },
+        }
     }
 }
 
