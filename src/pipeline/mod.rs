@@ -177,13 +177,13 @@ pub fn run(
             .iter()
             .enumerate()
             .map(|(i, spec)| {
-                let (tx, stale, open_tx, counters) = (
-                    frames_tx.clone(),
-                    frames_rx.clone(),
-                    open_tx.clone(),
-                    &counters,
-                );
-                scope.spawn(move || capture(spec, i, config, &tx, &stale, &open_tx, stop, counters))
+                let links = CaptureLinks {
+                    tx: frames_tx.clone(),
+                    stale: frames_rx.clone(),
+                    opened: open_tx.clone(),
+                };
+                let counters = &counters;
+                scope.spawn(move || capture(spec, i, config, &links, stop, counters))
             })
             .collect();
         drop((frames_tx, open_tx));
@@ -271,14 +271,20 @@ fn collect_opened(
     Ok(infos)
 }
 
+/// A capture thread's channel ends: frames out, the same queue's receiving end (to drop a stale
+/// frame in live pacing), and where to report whether the source opened.
+struct CaptureLinks {
+    tx: Sender<Frame>,
+    stale: Receiver<Frame>,
+    opened: Sender<Result<SourceInfo, CaptureError>>,
+}
+
 /// One source's thread: opens it, then reads, paces and hands on frames.
 fn capture(
     spec: &str,
     source: usize,
     config: &PipelineConfig,
-    tx: &Sender<Frame>,
-    stale: &Receiver<Frame>,
-    open_tx: &Sender<Result<SourceInfo, CaptureError>>,
+    links: &CaptureLinks,
     stop: &AtomicBool,
     counters: &Counters,
 ) -> Result<(), CaptureError> {
@@ -286,7 +292,7 @@ fn capture(
         Ok(reader) => reader,
         Err(e) => {
             let message = e.to_string();
-            let _ = open_tx.send(Err(e));
+            let _ = links.opened.send(Err(e));
             return Err(CaptureError::Open {
                 source_name: spec.to_string(),
                 reason: message,
@@ -298,7 +304,7 @@ fn capture(
         fps: reader.fps(),
         frame_count: reader.frame_count(),
     };
-    let _ = open_tx.send(Ok(info));
+    let _ = links.opened.send(Ok(info));
     let pace = config.pacing == Pacing::Live && !reader.is_live();
     let clock = Instant::now();
     let (mut index_offset, mut time_offset, mut delivered) = (0u64, 0.0f64, 0u64);
@@ -324,7 +330,7 @@ fn capture(
         }
         counters.captured.fetch_add(1, Ordering::SeqCst);
         delivered += 1;
-        if !hand_on(tx, stale, frame, config.pacing, counters) {
+        if !hand_on(&links.tx, &links.stale, frame, config.pacing, counters) {
             break;
         }
     }
