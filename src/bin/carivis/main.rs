@@ -1,6 +1,7 @@
 //! The `carivis` command line: parses arguments, calls the library, prints. No logic of its own.
 
 mod args;
+mod eval;
 mod gallery;
 mod recognise;
 
@@ -52,6 +53,11 @@ enum Command {
     Verify(recognise::VerifyArgs),
     /// Print the embeddings of every face, as JSON, for other tools.
     Embed(recognise::EmbedArgs),
+    /// Measure accuracy on labelled data: verification pairs, identification.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +143,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Identify(args) => recognise::identify(&args),
         Command::Verify(args) => recognise::verify(&args),
         Command::Embed(args) => recognise::embed(&args),
+        Command::Eval { command } => eval::run(command),
     }
 }
 
