@@ -160,8 +160,10 @@ pub struct DetectionStats {
 pub struct ImageSummary {
     /// Distinct images used.
     pub images: usize,
-    /// Paths found only when letter case was ignored.
+    /// Distinct paths found only when letter case was ignored.
     pub resolved_ignoring_case: usize,
+    /// Mentions of such paths in the protocol (a path named by several pairs counts each time).
+    pub mentions_resolved_ignoring_case: usize,
     /// Paths that match no file.
     pub missing: Vec<String>,
     /// Images that could not be read or embedded (with the reason).
@@ -214,6 +216,7 @@ fn embed_all(
     let summary = ImageSummary {
         images: images.len(),
         resolved_ignoring_case: 0,
+        mentions_resolved_ignoring_case: 0,
         missing: Vec::new(),
         unreadable,
         detection: detection_stats(modalities, &outcomes),
@@ -380,6 +383,7 @@ struct ResolvedPairs {
     modalities: Vec<Modality>,
     pairs: Vec<(usize, usize, bool)>,
     loose: usize,
+    loose_mentions: usize,
     missing: Vec<String>,
 }
 
@@ -389,20 +393,22 @@ fn resolve_pairs(specs: &[protocol::PairSpec], index: &FileIndex) -> ResolvedPai
         modalities: Vec::new(),
         pairs: Vec::new(),
         loose: 0,
+        loose_mentions: 0,
         missing: Vec::new(),
     };
-    let mut seen: HashMap<String, Option<usize>> = HashMap::new();
+    let mut seen: HashMap<String, (Option<usize>, bool)> = HashMap::new();
     for spec in specs {
         let mut side = |s: &protocol::PairSide| -> Option<usize> {
-            if let Some(known) = seen.get(&s.path) {
-                return *known;
+            if let Some(&(known, loose)) = seen.get(&s.path) {
+                resolved.loose_mentions += usize::from(loose);
+                return known;
             }
-            let slot = match index.resolve(&s.path) {
-                Resolved::Exact(p) => Some(p),
-                Resolved::Loose(p) => {
-                    resolved.loose += 1;
-                    Some(p)
-                }
+            let found = index.resolve(&s.path);
+            let loose = matches!(found, Resolved::Loose(_));
+            resolved.loose += usize::from(loose);
+            resolved.loose_mentions += usize::from(loose);
+            let slot = match found {
+                Resolved::Exact(p) | Resolved::Loose(p) => Some(p),
                 Resolved::Missing => {
                     resolved.missing.push(s.path.clone());
                     None
@@ -413,7 +419,7 @@ fn resolve_pairs(specs: &[protocol::PairSpec], index: &FileIndex) -> ResolvedPai
                 resolved.modalities.push(s.modality);
                 resolved.images.len() - 1
             });
-            seen.insert(s.path.clone(), slot);
+            seen.insert(s.path.clone(), (slot, loose));
             slot
         };
         if let (Some(a), Some(b)) = (side(&spec.a), side(&spec.b)) {
@@ -434,6 +440,7 @@ pub fn verify(input: &VerifyInput, faces: Faces) -> Result<VerifyReport, EvalErr
     let (outcomes, mut images, model) = embed_all(faces, &resolved.images, &resolved.modalities)?;
     input.branch.check(&model)?;
     images.resolved_ignoring_case = resolved.loose;
+    images.mentions_resolved_ignoring_case = resolved.loose_mentions;
     images.missing = resolved.missing.clone();
     let multi_task = model.branches.len() > 1;
     let mut scored = Vec::new();

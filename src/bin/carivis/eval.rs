@@ -164,12 +164,13 @@ fn write_report(
 
 fn print_images(images: &ImageSummary) {
     println!(
-        "images: {} ({} from cache, {} embedded now, {} unreadable), {} paths matched only ignoring case, {} missing",
+        "images: {} ({} from cache, {} embedded now, {} unreadable), {} paths ({} mentions) matched only ignoring case, {} missing",
         images.images,
         images.counts.cached,
         images.counts.computed,
         images.unreadable.len(),
         images.resolved_ignoring_case,
+        images.mentions_resolved_ignoring_case,
         images.missing.len()
     );
     for (modality, d) in &images.detection {
@@ -183,6 +184,9 @@ fn print_images(images: &ImageSummary) {
     }
     for path in &images.missing {
         eprintln!("warning: no file matches {path}");
+    }
+    for reason in &images.unreadable {
+        eprintln!("warning: left out: {reason}");
     }
 }
 
