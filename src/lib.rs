@@ -7,6 +7,7 @@ pub mod capture;
 pub mod cv;
 pub mod detect;
 pub mod embed;
+pub mod eval;
 pub mod gallery;
 pub mod models;
 pub mod pipeline;

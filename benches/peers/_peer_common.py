@@ -104,6 +104,7 @@ def run_video(args, process, tool, settings):
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
 
+    load_average = os.getloadavg()[0]
     frames = faces = with_face = labelled = 0
     started = time.perf_counter()
     while args.frames is None or frames < args.frames:
@@ -140,6 +141,8 @@ def run_video(args, process, tool, settings):
         "expect": args.expect,
         "labelled_fraction": labelled / frames if args.expect else None,
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_at_start": load_average,
         "tolerance": args.tolerance,
         "known": known_names(args.known),
         "settings": settings,

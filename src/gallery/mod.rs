@@ -482,7 +482,8 @@ fn decide(candidates: Vec<Candidate>) -> Identification {
     }
 }
 
-fn branch_of(embedding: &Embedding, branch: Branch) -> Option<&[f32]> {
+/// The vector of one branch of an embedding, when the model has that branch.
+pub fn branch_of(embedding: &Embedding, branch: Branch) -> Option<&[f32]> {
     match branch {
         Branch::Shared => Some(&embedding.shared),
         Branch::Photo => embedding.photo.as_deref(),

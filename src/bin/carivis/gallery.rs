@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::args::{RecognizerArgs, RuntimeArgs, open_embedder, parse_floats};
 use carivis::capture::load_image;
 use carivis::embed::DLIB_SPEC;
+use carivis::eval::{apply_thresholds, read_thresholds};
 use carivis::gallery::store::Enrolment;
 use carivis::gallery::{Gallery, NewEntry};
 use carivis::pipeline::still::{StillFaces, file_sha256, model_id};
@@ -55,6 +56,15 @@ pub enum GalleryCommand {
         #[command(flatten)]
         recognizer: RecognizerArgs,
     },
+    /// Import the per-direction thresholds measured by `carivis eval` (FAR 1%); directions a
+    /// report did not measure keep their value; later reports win.
+    SetThresholds {
+        /// The gallery folder.
+        dir: PathBuf,
+        /// Evaluation report(s) (report.json).
+        #[arg(long = "from", required = true, value_name = "REPORT.json")]
+        from: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -96,6 +106,7 @@ pub fn run(command: GalleryCommand) -> Result<ExitCode> {
         GalleryCommand::Remove { dir, name } => remove(&dir, &name),
         GalleryCommand::List { dir, json } => list(&dir, json),
         GalleryCommand::Rebuild { dir, recognizer } => rebuild(&dir, &recognizer),
+        GalleryCommand::SetThresholds { dir, from } => set_thresholds(&dir, &from),
     }
 }
 
@@ -371,5 +382,28 @@ fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
         model.file,
         model.sha256
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_thresholds(dir: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(dir)?;
+    let mut thresholds = gallery.settings().thresholds;
+    for report in reports {
+        let section = read_thresholds(report)?;
+        thresholds = apply_thresholds(thresholds, &section, report, &gallery.model().sha256)?;
+        for (direction, m) in &section.measured {
+            println!(
+                "{direction}: {:.4} (FAR {}%, {} same / {} different pairs, {})",
+                m.value,
+                100.0 * section.far,
+                m.genuine,
+                m.impostor,
+                report.display()
+            );
+        }
+    }
+    gallery.set_thresholds(thresholds);
+    gallery.save()?;
+    println!("thresholds of {}: {thresholds:?}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

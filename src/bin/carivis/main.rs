@@ -1,6 +1,7 @@
 //! The `carivis` command line: parses arguments, calls the library, prints. No logic of its own.
 
 mod args;
+mod eval;
 mod gallery;
 mod recognise;
 mod video;
@@ -61,6 +62,11 @@ enum Command {
     Bench(video::BenchArgs),
     /// List the cameras found.
     Cameras,
+    /// Measure accuracy on labelled data: verification pairs, identification.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,6 +156,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Live(args) => video::live(&args),
         Command::Bench(args) => video::bench(&args),
         Command::Cameras => video::cameras(),
+        Command::Eval { command } => eval::run(command),
     }
 }
 

@@ -1,0 +1,342 @@
+//! `carivis eval verify|identify`: accuracy of the recognition chain on labelled data, as a
+//! JSON report with ROC/CMC plots and thresholds a gallery can import.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::RecognizerArgs;
+use carivis::eval::cache::default_cache_dir;
+use carivis::eval::identify::IdentifyOptions;
+use carivis::eval::protocol::{PairFormat, read_layout, read_manifest};
+use carivis::eval::{
+    BranchChoice, Faces, IdentifyInput, ImageSummary, VerifyInput, identify, plots, verify,
+};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Caricature–photo verification on a pair file (CaVI or WebCaricature format): 10-fold
+    /// accuracy, ROC AUC, TAR at FAR 1% and 0.1%, EER.
+    Verify(VerifyArgs),
+    /// Caricature→photo and photo→caricature identification: rank-1/5/10 (CMC) on all images
+    /// and over seeded random splits, open-set DIR at FAR 1%, pair thresholds per direction.
+    Identify(IdentifyArgs),
+}
+
+#[derive(Args)]
+pub struct CommonArgs {
+    /// Embedding branch to compare (auto: shared across modalities, the modality's own within
+    /// one; a single-output model has only `shared`).
+    #[arg(long, value_enum, default_value_t = BranchChoice::Auto)]
+    branch: BranchChoice,
+    /// Folder for report.json and the plots (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "eval-out")]
+    out: PathBuf,
+    /// Embedding cache folder [default: $CARIVIS_CACHE, else $XDG_CACHE_HOME/carivis/eval,
+    /// else ~/.cache/carivis/eval].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Worker threads embedding images, each with its own model sessions [default: CPU cores].
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    #[command(flatten)]
+    recognizer: RecognizerArgs,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The pair file.
+    #[arg(long, value_name = "FILE")]
+    pairs: PathBuf,
+    /// Folder the pair file's paths are relative to (letter case is ignored when needed).
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Pair-file format [default: recognised from the first line].
+    #[arg(long, value_enum)]
+    format: Option<PairFormat>,
+    /// Cross-validation folds (pair i in fold i mod N).
+    #[arg(long, default_value_t = 10)]
+    folds: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+#[group(id = "labels", required = true, multiple = false, args = ["manifest", "layout"])]
+pub struct IdentifyArgs {
+    /// Manifest CSV `path,identity,modality,…` (paths relative to its folder).
+    #[arg(long, value_name = "CSV")]
+    manifest: Option<PathBuf>,
+    /// Folder laid out as `Real/<identity>/*` and `Caricature/<identity>/*`.
+    #[arg(long, value_name = "DIR")]
+    layout: Option<PathBuf>,
+    /// With --manifest: only rows whose path starts with PREFIX (e.g. `cavi/`).
+    #[arg(long, value_name = "PREFIX")]
+    only: Option<String>,
+    /// Random probe/gallery splits.
+    #[arg(long, default_value_t = 10)]
+    splits: usize,
+    /// Seed of the first split.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fraction of identities left out of the gallery per split (open set).
+    #[arg(long, default_value_t = 0.1)]
+    unknown: f64,
+    /// False-alarm rate for open-set DIR and the thresholds.
+    #[arg(long, default_value_t = 0.01)]
+    far: f64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Runs an eval subcommand.
+pub fn run(command: EvalCommand) -> Result<ExitCode> {
+    match command {
+        EvalCommand::Verify(args) => run_verify(&args),
+        EvalCommand::Identify(args) => run_identify(&args),
+    }
+}
+
+/// Opens one detector/aligner/embedder per worker, the cache and a progress bar.
+fn faces(common: &CommonArgs) -> Result<Faces> {
+    let jobs = common
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let workers = (0..jobs)
+        .map(|_| common.recognizer.still_faces(true))
+        .collect::<Result<Vec<_>>>()?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "embedding [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    Ok(Faces {
+        workers,
+        cache_dir: common.cache.clone().unwrap_or_else(default_cache_dir),
+        settings: format!(
+            "align={:?} detector={:?} largest face, whole image when none",
+            common.recognizer.aligner.mode(),
+            common.recognizer.detector.config(true)
+        ),
+        bar,
+    })
+}
+
+/// The options as recorded in reports.
+fn options_json(common: &CommonArgs) -> serde_json::Value {
+    let r = &common.recognizer;
+    serde_json::json!({
+        "embedder": r.embedder_path(),
+        "align": format!("{:?}", r.aligner.mode()),
+        "detector": format!("{:?}", r.detector.config(true)),
+        "branch": common.branch,
+        "batch": r.batch,
+        "device": format!("{:?}", r.runtime.device),
+    })
+}
+
+/// Writes `report` (with options, time and version added) as OUT/report.json.
+fn write_report(
+    out: &Path,
+    report: impl serde::Serialize,
+    command: &str,
+    options: serde_json::Value,
+    started: Instant,
+) -> Result<PathBuf> {
+    let mut value = serde_json::to_value(report)?;
+    value["command"] = serde_json::json!(command);
+    value["carivis_version"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
+    value["options"] = options;
+    value["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+    let path = out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&value)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn print_images(images: &ImageSummary) {
+    println!(
+        "images: {} ({} from cache, {} embedded now, {} unreadable), {} paths ({} mentions) matched only ignoring case, {} missing",
+        images.images,
+        images.counts.cached,
+        images.counts.computed,
+        images.unreadable.len(),
+        images.resolved_ignoring_case,
+        images.mentions_resolved_ignoring_case,
+        images.missing.len()
+    );
+    for (modality, d) in &images.detection {
+        println!(
+            "  {modality:<10} face found in {}/{} ({:.1}%), whole image used for {}",
+            d.detected,
+            d.images,
+            100.0 * d.rate,
+            d.whole_image
+        );
+    }
+    for path in &images.missing {
+        eprintln!("warning: no file matches {path}");
+    }
+    for reason in &images.unreadable {
+        eprintln!("warning: left out: {reason}");
+    }
+}
+
+fn run_verify(args: &VerifyArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.common.out)
+        .with_context(|| format!("cannot create {}", args.common.out.display()))?;
+    let input = VerifyInput {
+        pairs_file: args.pairs.clone(),
+        root: args.root.clone(),
+        format: args.format,
+        folds: args.folds,
+        fars: vec![0.01, 0.001],
+        branch: args.common.branch,
+    };
+    let report = verify(&input, faces(&args.common)?)?;
+    let v = &report.verification;
+    print_images(&report.images);
+    println!(
+        "pairs: {} scored ({} same, {} different), {} skipped",
+        v.pairs, v.genuine, v.impostor, report.dataset.pairs_skipped
+    );
+    println!(
+        "accuracy ({}-fold): {:.2}% ± {:.2}   AUC {:.4}   EER {:.2}%",
+        v.folds,
+        100.0 * v.accuracy.mean,
+        100.0 * v.accuracy.std,
+        v.auc,
+        100.0 * v.eer
+    );
+    for t in &v.tar_at_far {
+        println!(
+            "TAR @ FAR {}%: {:.2}% ± {:.2} (held-out FAR {:.2}%)",
+            100.0 * t.far_target,
+            100.0 * t.tar.mean,
+            100.0 * t.tar.std,
+            100.0 * t.far_measured.mean
+        );
+    }
+    for (direction, m) in &report.thresholds.measured {
+        println!("threshold {direction} at FAR 1%: {:.4}", m.value);
+    }
+    let roc = args.common.out.join("roc.png");
+    if let Err(e) = plots::roc_png(
+        &roc,
+        "ROC: caricature–photo verification",
+        &[(format!("AUC {:.3}", v.auc), &v.roc)],
+    ) {
+        eprintln!("warning: {e}");
+    }
+    let path = write_report(
+        &args.common.out,
+        &report,
+        "verify",
+        options_json(&args.common),
+        started,
+    )?;
+    println!(
+        "report: {} ({:.0} s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.common.out)
+        .with_context(|| format!("cannot create {}", args.common.out.display()))?;
+    let (source, images) = match (&args.manifest, &args.layout) {
+        (Some(csv), _) => (csv.clone(), read_manifest(csv, args.only.as_deref())?),
+        (None, Some(dir)) => (dir.clone(), read_layout(dir)?),
+        (None, None) => anyhow::bail!("give --manifest CSV or --layout DIR"),
+    };
+    let input = IdentifyInput {
+        source,
+        images,
+        branch: args.common.branch,
+        options: IdentifyOptions {
+            splits: args.splits,
+            seed: args.seed,
+            unknown_fraction: args.unknown,
+            far: args.far,
+            max_rank: 20,
+            impostor_pairs: 200_000,
+        },
+    };
+    let report = identify(&input, faces(&args.common)?)?;
+    print_images(&report.images);
+    println!("identities: {}", report.identities);
+    for d in &report.directions {
+        println!(
+            "{} → {}: all {} probes vs {} entries: rank-1 {:.2}%, rank-5 {:.2}%, rank-10 {:.2}%",
+            d.probe,
+            d.gallery,
+            d.all.probes,
+            d.gallery_entries,
+            100.0 * d.all.rank1,
+            100.0 * d.all.rank5,
+            100.0 * d.all.rank10
+        );
+        println!(
+            "  {} splits, {} identities left out: rank-1 {:.2}% ± {:.2}, rank-5 {:.2}% ± {:.2}, rank-10 {:.2}% ± {:.2}, DIR @ FAR {}% {:.2}% ± {:.2}",
+            args.splits,
+            d.splits.unknown_identities,
+            100.0 * d.splits.rank1.mean,
+            100.0 * d.splits.rank1.std,
+            100.0 * d.splits.rank5.mean,
+            100.0 * d.splits.rank5.std,
+            100.0 * d.splits.rank10.mean,
+            100.0 * d.splits.rank10.std,
+            100.0 * args.far,
+            100.0 * d.splits.dir_at_far.mean,
+            100.0 * d.splits.dir_at_far.std
+        );
+    }
+    for p in &report.pairs {
+        println!(
+            "pairs {}–{}: {} same, {} different (sampled): AUC {:.4}, EER {:.2}%, threshold @ FAR {}% {:.4} (TAR {:.2}%)",
+            p.a,
+            p.b,
+            p.genuine,
+            p.impostor,
+            p.auc,
+            100.0 * p.eer,
+            100.0 * args.far,
+            p.threshold_at_far,
+            100.0 * p.tar_at_far
+        );
+    }
+    let curves: Vec<(String, &[f64])> = report
+        .directions
+        .iter()
+        .map(|d| (format!("{} → {}", d.probe, d.gallery), d.all.cmc.as_slice()))
+        .collect();
+    let cmc = args.common.out.join("cmc.png");
+    if let Err(e) = plots::cmc_png(&cmc, "CMC: cross-modal identification", &curves) {
+        eprintln!("warning: {e}");
+    }
+    let path = write_report(
+        &args.common.out,
+        &report,
+        "identify",
+        options_json(&args.common),
+        started,
+    )?;
+    println!(
+        "report: {} ({:.0} s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

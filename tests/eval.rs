@@ -1,0 +1,111 @@
+//! The evaluation on a small slice of real CaVI pairs: every figure present and sane, a second
+//! run served from the cache, thresholds a gallery can import; a malformed pair file names its
+//! line. Skips without the shared face data.
+
+mod common;
+
+use std::path::Path;
+
+use carivis::align::AlignMode;
+use carivis::detect::{DetectorConfig, Mtcnn};
+use carivis::embed::{DLIB_SPEC, Embedder};
+use carivis::eval::protocol::{PairFormat, read_pairs};
+use carivis::eval::{BranchChoice, EvalError, Faces, VerifyInput, read_thresholds, verify};
+use carivis::pipeline::still::StillFaces;
+use indicatif::ProgressBar;
+
+/// Same-person pairs taken from the top of testing_1.txt, different-person ones from the end.
+const PAIRS_EACH: usize = 12;
+
+fn faces(cache: &Path) -> Faces {
+    let runtime = common::cpu_runtime();
+    let models = common::models_dir();
+    let detector = Mtcnn::open(
+        &runtime,
+        &models,
+        DetectorConfig {
+            largest_only: true,
+            ..DetectorConfig::default()
+        },
+    )
+    .unwrap();
+    let embedder = Embedder::open(&runtime, &models.join(DLIB_SPEC.file), 8).unwrap();
+    Faces {
+        workers: vec![StillFaces::new(detector, AlignMode::FivePoint, embedder)],
+        cache_dir: cache.to_path_buf(),
+        settings: "test five-point".into(),
+        bar: ProgressBar::hidden(),
+    }
+}
+
+#[test]
+fn verification_on_a_slice_of_cavi_pairs() {
+    let Some(data) = common::data_dir("verification_on_a_slice_of_cavi_pairs") else {
+        return;
+    };
+    let text = std::fs::read_to_string(data.join("cavi/protocol/testing_1.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let slice: Vec<&str> = lines[..PAIRS_EACH]
+        .iter()
+        .chain(&lines[lines.len() - PAIRS_EACH..])
+        .copied()
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let pairs_file = dir.path().join("pairs.txt");
+    std::fs::write(&pairs_file, slice.join("\n")).unwrap();
+    let input = VerifyInput {
+        pairs_file,
+        root: data.join("cavi"),
+        format: None,
+        folds: 4,
+        fars: vec![0.01],
+        branch: BranchChoice::Auto,
+    };
+    let cache = dir.path().join("cache");
+    let report = verify(&input, faces(&cache)).unwrap();
+    assert_eq!(report.dataset.format, PairFormat::Cavi);
+    let v = &report.verification;
+    assert_eq!((v.genuine, v.impostor), (PAIRS_EACH, PAIRS_EACH));
+    assert!(v.auc > 0.6 && v.auc <= 1.0, "AUC {}", v.auc);
+    assert!(v.accuracy.mean > 0.5, "accuracy {:?}", v.accuracy);
+    assert!(report.images.missing.is_empty());
+    assert!(report.images.counts.computed > 0);
+    let found: usize = report.images.detection.values().map(|d| d.images).sum();
+    assert_eq!(found, report.images.images, "every image counted");
+    assert!(
+        report
+            .thresholds
+            .measured
+            .contains_key("caricature_to_photo")
+    );
+    assert!(
+        report
+            .thresholds
+            .kept_at_default
+            .contains_key("photo_to_photo")
+    );
+
+    let again = verify(&input, faces(&cache)).unwrap();
+    assert_eq!(again.images.counts.computed, 0, "second run from the cache");
+    assert_eq!(again.verification.auc, v.auc);
+
+    let report_path = dir.path().join("report.json");
+    std::fs::write(&report_path, serde_json::to_string(&report).unwrap()).unwrap();
+    let section = read_thresholds(&report_path).unwrap();
+    assert_eq!(section.model_sha256, report.model.sha256);
+}
+
+#[test]
+fn malformed_pair_file_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pairs.txt");
+    std::fs::write(
+        &file,
+        "a Caricature/a\\c.jpg a Real/a\\r.jpg 1\na Caricature/a\\c.jpg a Real/a\\r.jpg\n",
+    )
+    .unwrap();
+    let err = EvalError::from(read_pairs(&file, Some(PairFormat::Cavi)).unwrap_err());
+    let message = err.to_string();
+    assert!(message.contains("pairs.txt:2:"), "{message}");
+    assert!(message.contains("expected 5 fields"), "{message}");
+}
