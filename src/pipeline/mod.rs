@@ -132,6 +132,23 @@ struct Embedded {
     embeddings: Vec<Embedding>,
 }
 
+/// When the capture threads should stop: the caller's flag (Ctrl-C), or the run's own (the sink
+/// asked to stop, a source failed to open, or the sink is done). The caller's flag is only read.
+struct Halt<'a> {
+    caller: &'a AtomicBool,
+    run: AtomicBool,
+}
+
+impl Halt<'_> {
+    fn is_set(&self) -> bool {
+        self.caller.load(Ordering::SeqCst) || self.run.load(Ordering::SeqCst)
+    }
+
+    fn set(&self) {
+        self.run.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Counters shared by the threads.
 #[derive(Default)]
 struct Counters {
@@ -171,6 +188,11 @@ pub fn run(
         gallery,
     } = stages;
     let started = Instant::now();
+    let halt = Halt {
+        caller: stop,
+        run: AtomicBool::new(false),
+    };
+    let halt = &halt;
     std::thread::scope(|scope| {
         let (open_tx, open_rx) = bounded::<Result<SourceInfo, CaptureError>>(sources.len());
         let captures: Vec<_> = sources
@@ -183,11 +205,11 @@ pub fn run(
                     opened: open_tx.clone(),
                 };
                 let counters = &counters;
-                scope.spawn(move || capture(spec, i, config, &links, stop, counters))
+                scope.spawn(move || capture(spec, i, config, &links, halt, counters))
             })
             .collect();
         drop((frames_tx, open_tx));
-        let infos = collect_opened(&open_rx, sources.len(), stop)?;
+        let infos = collect_opened(&open_rx, sources.len(), halt)?;
         on_open(&infos);
         let counters = &counters;
         let gallery = gallery.as_ref();
@@ -214,8 +236,8 @@ pub fn run(
         });
         let annotate = scope
             .spawn(move || annotate_stage(gallery, config, embedded_rx, annotated_tx, counters));
-        let sink_result = feed_sink(sink, &annotated_rx, stop, on_frame);
-        stop.store(true, Ordering::SeqCst);
+        let sink_result = feed_sink(sink, &annotated_rx, halt, on_frame);
+        halt.set();
         let capture_errors: Vec<CaptureError> = captures
             .into_iter()
             .filter_map(|h| h.join().expect("capture thread").err())
@@ -255,14 +277,14 @@ pub fn run(
 fn collect_opened(
     open_rx: &Receiver<Result<SourceInfo, CaptureError>>,
     count: usize,
-    stop: &AtomicBool,
+    halt: &Halt<'_>,
 ) -> Result<Vec<SourceInfo>, PipelineError> {
     let mut infos = Vec::with_capacity(count);
     for _ in 0..count {
         match open_rx.recv() {
             Ok(Ok(info)) => infos.push(info),
             Ok(Err(error)) => {
-                stop.store(true, Ordering::SeqCst);
+                halt.set();
                 return Err(error.into());
             }
             Err(_) => break,
@@ -285,7 +307,7 @@ fn capture(
     source: usize,
     config: &PipelineConfig,
     links: &CaptureLinks,
-    stop: &AtomicBool,
+    halt: &Halt<'_>,
     counters: &Counters,
 ) -> Result<(), CaptureError> {
     let mut reader = match open_source(spec, source) {
@@ -308,7 +330,7 @@ fn capture(
     let pace = config.pacing == Pacing::Live && !reader.is_live();
     let clock = Instant::now();
     let (mut index_offset, mut time_offset, mut delivered) = (0u64, 0.0f64, 0u64);
-    while !stop.load(Ordering::SeqCst) && config.max_frames.is_none_or(|max| delivered < max) {
+    while !halt.is_set() && config.max_frames.is_none_or(|max| delivered < max) {
         let Some(mut frame) = reader.next_frame()? else {
             if !config.loop_input || delivered == index_offset {
                 break;
@@ -546,7 +568,7 @@ fn observe(
 fn feed_sink(
     sink: &mut dyn Sink,
     rx: &Receiver<AnnotatedFrame>,
-    stop: &AtomicBool,
+    halt: &Halt<'_>,
     on_frame: &mut dyn FnMut(&AnnotatedFrame),
 ) -> Result<(u64, Samples, Samples), PipelineError> {
     let (mut latency, mut time, mut count) = (Samples::default(), Samples::default(), 0u64);
@@ -559,9 +581,9 @@ fn feed_sink(
         on_frame(&frame);
         match control {
             Ok(Control::Continue) => {}
-            Ok(Control::Stop) => stop.store(true, Ordering::SeqCst),
+            Ok(Control::Stop) => halt.set(),
             Err(e) => {
-                stop.store(true, Ordering::SeqCst);
+                halt.set();
                 // Drain so the stage threads can finish.
                 rx.iter().for_each(drop);
                 return Err(e.into());
