@@ -6,32 +6,16 @@ mod common;
 
 use std::path::Path;
 
-use carivis::align::AlignMode;
-use carivis::detect::{DetectorConfig, Mtcnn};
-use carivis::embed::{DLIB_SPEC, Embedder};
 use carivis::eval::protocol::{PairFormat, read_pairs};
 use carivis::eval::{BranchChoice, EvalError, Faces, VerifyInput, read_thresholds, verify};
-use carivis::pipeline::still::StillFaces;
 use indicatif::ProgressBar;
 
 /// Same-person pairs taken from the top of testing_1.txt, different-person ones from the end.
 const PAIRS_EACH: usize = 12;
 
 fn faces(cache: &Path) -> Faces {
-    let runtime = common::cpu_runtime();
-    let models = common::models_dir();
-    let detector = Mtcnn::open(
-        &runtime,
-        &models,
-        DetectorConfig {
-            largest_only: true,
-            ..DetectorConfig::default()
-        },
-    )
-    .unwrap();
-    let embedder = Embedder::open(&runtime, &models.join(DLIB_SPEC.file), 8).unwrap();
     Faces {
-        workers: vec![StillFaces::new(detector, AlignMode::FivePoint, embedder)],
+        workers: vec![common::still_faces(0.0)],
         cache_dir: cache.to_path_buf(),
         settings: "test five-point".into(),
         bar: ProgressBar::hidden(),

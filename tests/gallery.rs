@@ -7,30 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use carivis::align::AlignMode;
 use carivis::capture::load_image;
-use carivis::detect::{DetectorConfig, Mtcnn};
-use carivis::embed::{DLIB_SPEC, Embedder};
 use carivis::gallery::store::{Enrolment, ModelId};
 use carivis::gallery::{Gallery, GalleryError, NewEntry};
 use carivis::pipeline::still::{StillFaces, file_sha256};
 use carivis::types::Modality;
-use common::{cpu_runtime, data_dir, models_dir};
+use common::{data_dir, still_faces};
 
 /// Border for the Big Bang Theory crops: 150×150 images the face fills.
 const CROP_BORDER: f32 = 0.1;
-
-fn still_faces(border: f32) -> StillFaces {
-    let runtime = cpu_runtime();
-    let config = DetectorConfig {
-        largest_only: true,
-        border,
-        ..DetectorConfig::default()
-    };
-    let detector = Mtcnn::open(&runtime, &models_dir(), config).unwrap();
-    let embedder = Embedder::open(&runtime, &models_dir().join(DLIB_SPEC.file), 8).unwrap();
-    StillFaces::new(detector, AlignMode::FivePoint, embedder)
-}
 
 fn enrol(
     gallery: &mut Gallery,

@@ -4,6 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use carivis::align::AlignMode;
+use carivis::detect::{DetectorConfig, Mtcnn};
+use carivis::embed::{DLIB_SPEC, Embedder};
+use carivis::pipeline::still::StillFaces;
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
 
 /// The shared face data (`../shared/data` from the project root, or `$CARIVIS_DATA`), or
@@ -49,4 +53,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Detector (largest face only, with a grey `border`), five-point aligner and the dlib
+/// embedder, on the CPU.
+pub fn still_faces(border: f32) -> StillFaces {
+    let runtime = cpu_runtime();
+    let config = DetectorConfig {
+        largest_only: true,
+        border,
+        ..DetectorConfig::default()
+    };
+    let detector = Mtcnn::open(&runtime, &models_dir(), config).unwrap();
+    let embedder = Embedder::open(&runtime, &models_dir().join(DLIB_SPEC.file), 8).unwrap();
+    StillFaces::new(detector, AlignMode::FivePoint, embedder)
 }

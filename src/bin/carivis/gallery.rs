@@ -8,16 +8,13 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{RecognizerArgs, RuntimeArgs, open_embedder, parse_floats};
-use carivis::capture::load_image;
+use carivis::capture::{IMAGE_EXTENSIONS, images_in, load_image};
 use carivis::embed::DLIB_SPEC;
 use carivis::eval::{apply_thresholds, read_thresholds};
 use carivis::gallery::store::Enrolment;
 use carivis::gallery::{Gallery, NewEntry};
 use carivis::pipeline::still::{StillFaces, file_sha256, model_id};
 use carivis::types::{Embedding, Face, FaceBox, Modality};
-
-/// Image file extensions taken from folders.
-const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff"];
 
 #[derive(Subcommand)]
 pub enum GalleryCommand {
@@ -135,16 +132,8 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
         if input.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
-                .with_context(|| format!("cannot read folder {}", input.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                    })
-                })
-                .collect();
-            found.sort();
+            let found = images_in(input)
+                .with_context(|| format!("cannot read folder {}", input.display()))?;
             if found.is_empty() {
                 bail!(
                     "folder {} holds no images ({})",

@@ -12,7 +12,7 @@ use crate::for_each_file;
 use crate::gallery::shown;
 use carivis::capture::load_image;
 use carivis::gallery::matching::{Branch, Thresholds};
-use carivis::gallery::{Gallery, Identification};
+use carivis::gallery::{Gallery, Identification, branch_of};
 use carivis::types::{Embedding, Modality};
 
 #[derive(Args)]
@@ -196,12 +196,9 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The branch's vector, or the shared one when the model has no such branch.
 fn pick(embedding: &Embedding, branch: Branch) -> &[f32] {
-    match branch {
-        Branch::Shared => &embedding.shared,
-        Branch::Photo => embedding.photo.as_deref().unwrap_or(&embedding.shared),
-        Branch::Caricature => embedding.caricature.as_deref().unwrap_or(&embedding.shared),
-    }
+    branch_of(embedding, branch).unwrap_or(&embedding.shared)
 }
 
 #[derive(Args)]
