@@ -1,14 +1,17 @@
 //! Detection time per frame at 640×480 and 1280×720, with one and with five faces, plus the
-//! share of time in each cascade stage. Needs the shared face data (skips without it).
+//! share of time in each cascade stage; and P-Net's pyramid run level by level against one
+//! zero-padded batch. Needs the shared face data (skips without it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use carivis::capture::load_image;
-use carivis::detect::{DetectorConfig, Mtcnn};
+use carivis::detect::pyramid::{Region, area_resize_normalised, level_size, scales};
+use carivis::detect::{DetectorConfig, Mtcnn, PNET_SPEC};
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
 use carivis::types::RgbImage;
 use criterion::{Criterion, criterion_group, criterion_main};
+use ndarray::{Array4, s};
 
 /// Real images: one with a single face, one with five.
 const ONE_FACE: &str = "faces/skimage/astronaut.png";
@@ -93,5 +96,55 @@ fn bench_detection(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_detection);
+/// P-Net over the pyramid of a frame: one run per level (what `Mtcnn` does) against one
+/// batched run with every level zero-padded to the largest level's size.
+fn bench_pyramid_strategies(c: &mut Criterion) {
+    let Some(data) = data_dir() else { return };
+    let frame = framed(&load_image(&data.join(ONE_FACE)).unwrap(), 640, 480);
+    let runtime = Runtime::init(RuntimeConfig {
+        device: Device::Cpu,
+        intra_threads: 1,
+    })
+    .unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut pnet = runtime.open(&models.join(PNET_SPEC.file)).unwrap();
+    let levels: Vec<Array4<f32>> = scales(frame.height(), frame.width(), 20.0, 0.709)
+        .into_iter()
+        .map(|s| {
+            let (h, w) = level_size(frame.height(), frame.width(), s);
+            let mut level = Array4::<f32>::zeros((1, 3, h, w));
+            area_resize_normalised(
+                &frame,
+                Region::whole(&frame),
+                h,
+                w,
+                level.as_slice_mut().unwrap(),
+            );
+            level
+        })
+        .collect();
+    let (h, w) = (levels[0].shape()[2], levels[0].shape()[3]);
+    let mut padded = Array4::<f32>::zeros((levels.len(), 3, h, w));
+    for (i, level) in levels.iter().enumerate() {
+        let (lh, lw) = (level.shape()[2], level.shape()[3]);
+        padded
+            .slice_mut(s![i, .., ..lh, ..lw])
+            .assign(&level.slice(s![0, .., .., ..]));
+    }
+    let mut group = c.benchmark_group("pnet_pyramid_640x480");
+    group.sample_size(20);
+    group.bench_function(format!("{}_levels_one_run_each", levels.len()), |b| {
+        b.iter(|| {
+            levels
+                .iter()
+                .for_each(|l| drop(pnet.run(PNET_SPEC.input, l.view()).unwrap()))
+        })
+    });
+    group.bench_function("one_padded_batch", |b| {
+        b.iter(|| pnet.run(PNET_SPEC.input, padded.view()).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_detection, bench_pyramid_strategies);
 criterion_main!(benches);
