@@ -129,3 +129,34 @@ fn annotate_reports_a_missing_or_unreadable_input() {
         );
     }
 }
+
+#[test]
+fn ctrl_c_finishes_a_playable_video_up_to_the_last_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let (video, jsonl) = (dir.path().join("cut.mp4"), dir.path().join("cut.jsonl"));
+    let child = carivis()
+        .args(["annotate", "--detect-every", "1", "--gallery"])
+        .arg(repo("galleries/demo"))
+        .arg(repo("samples/obama_weekly_address.mp4"))
+        .arg("-o")
+        .arg(&video)
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let signalled = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines = std::fs::read_to_string(&jsonl).unwrap().lines().count() as u64;
+    let (frames, rate) = ffprobe(&video);
+    eprintln!("stopped after {frames} frames");
+    assert!(frames > 0 && frames < 1019, "{frames}");
+    assert_eq!((frames, rate.as_str()), (lines, "30/1"));
+}

@@ -89,6 +89,9 @@ impl Default for Settings {
         Self {
             thresholds: Thresholds::default(),
             top_k: 20,
+            // Best entry per identity: on 88 CaVI caricature probes against 5 photos each of 20
+            // people, rank-1 was 0.773 with the best entry, 0.773 with the mean of the top 2 and
+            // 0.739 with the mean of the top 3 (tests/gallery.rs, varied by hand).
             score_top_n: 1,
             hnsw: HnswParams::default(),
         }

@@ -7,10 +7,10 @@ use minifb::{Key, Window, WindowOptions};
 use super::{Control, Sink, SinkError};
 use crate::types::AnnotatedFrame;
 
-/// A window that shows each frame; `q`, Esc or closing it asks the run to stop.
+/// One window per source showing its frames; `q`, Esc or closing one asks the run to stop.
 pub struct WindowSink {
     title: String,
-    window: Option<Window>,
+    windows: Vec<Option<Window>>,
     buffer: Vec<u32>,
 }
 
@@ -19,7 +19,7 @@ impl WindowSink {
     pub fn new(title: &str) -> Self {
         Self {
             title: title.to_string(),
-            window: None,
+            windows: Vec::new(),
             buffer: Vec::new(),
         }
     }
@@ -38,13 +38,22 @@ impl Sink for WindowSink {
             frame.annotated.width() as usize,
             frame.annotated.height() as usize,
         );
-        if self.window.is_none() {
-            let window = Window::new(&self.title, w, h, WindowOptions::default()).map_err(|e| {
+        let source = frame.frame.source;
+        if self.windows.len() <= source {
+            self.windows.resize_with(source + 1, || None);
+        }
+        if self.windows[source].is_none() {
+            let title = if source == 0 {
+                self.title.clone()
+            } else {
+                format!("{} ({})", self.title, source + 1)
+            };
+            let window = Window::new(&title, w, h, WindowOptions::default()).map_err(|e| {
                 self.error(format!(
                     "{e} (is a display available? set DISPLAY, or use Xvfb)"
                 ))
             })?;
-            self.window = Some(window);
+            self.windows[source] = Some(window);
         }
         self.buffer.clear();
         self.buffer.extend(
@@ -53,7 +62,7 @@ impl Sink for WindowSink {
                 .pixels()
                 .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2])),
         );
-        let window = self.window.as_mut().expect("opened above");
+        let window = self.windows[source].as_mut().expect("opened above");
         if !window.is_open() || window.is_key_down(Key::Escape) || window.is_key_down(Key::Q) {
             return Ok(Control::Stop);
         }
@@ -67,7 +76,7 @@ impl Sink for WindowSink {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        self.window = None;
+        self.windows.clear();
         Ok(())
     }
 }

@@ -86,9 +86,9 @@ impl VideoArgs {
 #[derive(Args)]
 #[command(mut_arg("max_side", |a| a.default_value("640")), mut_arg("min_face", |a| a.default_value("40")))]
 pub struct AnnotateArgs {
-    /// Video files (or folders of images) to annotate.
-    #[arg(required = true, value_name = "INPUT")]
-    inputs: Vec<String>,
+    /// Video file (or folder of images) to annotate.
+    #[arg(value_name = "INPUT")]
+    input: String,
     /// Annotated video to write (MP4, same size and frame rate as the input).
     #[arg(short, long, value_name = "OUT.mp4")]
     output: PathBuf,
@@ -186,7 +186,7 @@ fn print_report(report: &RunReport, json: bool) -> Result<()> {
 pub fn annotate(args: &AnnotateArgs) -> Result<ExitCode> {
     let stages = args.video.stages()?;
     let config = args.video.config(Pacing::Offline, false);
-    let fps = source_fps(&args.inputs[0])?;
+    let fps = source_fps(&args.input)?;
     let mut parts: Vec<Box<dyn Sink>> = vec![Box::new(VideoSink::create(&args.output, fps)?)];
     if let Some(path) = &args.jsonl {
         parts.push(Box::new(JsonlSink::create(path)?));
@@ -201,7 +201,7 @@ pub fn annotate(args: &AnnotateArgs) -> Result<ExitCode> {
         .progress_chars("=> "),
     );
     let report = run(
-        &args.inputs,
+        std::slice::from_ref(&args.input),
         stages,
         &config,
         &mut Tee(parts),
