@@ -40,10 +40,7 @@ impl JsonlSink {
     }
 
     fn error(&self, e: impl ToString) -> SinkError {
-        SinkError::Write {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
+        SinkError::write(&self.path, e)
     }
 }
 
@@ -71,10 +68,7 @@ impl Sink for JsonlSink {
         };
         let text = serde_json::to_string(&line).map_err(|e| self.error(e))?;
         let out = self.out.as_mut().expect("not finished");
-        writeln!(out, "{text}").map_err(|e| SinkError::Write {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        writeln!(out, "{text}").map_err(|e| SinkError::write(&self.path, e))?;
         Ok(Control::Continue)
     }
 

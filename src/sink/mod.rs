@@ -33,6 +33,16 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// A write to `path` failed.
+    pub fn write(path: &std::path::Path, reason: impl ToString) -> Self {
+        SinkError::Write {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Whether the run should go on after a frame was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {

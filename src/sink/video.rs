@@ -41,10 +41,7 @@ impl VideoSink {
     }
 
     fn error(&self, reason: impl ToString) -> SinkError {
-        SinkError::Write {
-            path: self.path.clone(),
-            reason: reason.to_string(),
-        }
+        SinkError::write(&self.path, reason)
     }
 
     fn open(&self, width: u32, height: u32) -> Result<VideoWriter, SinkError> {
@@ -78,10 +75,9 @@ impl Sink for VideoSink {
         }
         let bgr = rgb_to_bgr_mat(&frame.annotated).map_err(|e| self.error(e))?;
         let writer = self.writer.as_mut().expect("opened above");
-        writer.write(&bgr).map_err(|e| SinkError::Write {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        writer
+            .write(&bgr)
+            .map_err(|e| SinkError::write(&self.path, e))?;
         Ok(Control::Continue)
     }
 

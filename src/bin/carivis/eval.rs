@@ -143,8 +143,23 @@ fn options_json(common: &CommonArgs) -> serde_json::Value {
     })
 }
 
-/// Writes `report` (with options, time and version added) as OUT/report.json.
+/// Writes `report` (with options, time and version added) as OUT/report.json and says where.
 fn write_report(
+    common: &CommonArgs,
+    report: impl serde::Serialize,
+    command: &str,
+    started: Instant,
+) -> Result<ExitCode> {
+    let path = write_report_file(&common.out, report, command, options_json(common), started)?;
+    println!(
+        "report: {} ({:.0} s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_report_file(
     out: &Path,
     report: impl serde::Serialize,
     command: &str,
@@ -237,19 +252,7 @@ fn run_verify(args: &VerifyArgs) -> Result<ExitCode> {
     ) {
         eprintln!("warning: {e}");
     }
-    let path = write_report(
-        &args.common.out,
-        &report,
-        "verify",
-        options_json(&args.common),
-        started,
-    )?;
-    println!(
-        "report: {} ({:.0} s)",
-        path.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
+    write_report(&args.common, &report, "verify", started)
 }
 
 fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
@@ -326,17 +329,5 @@ fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
     if let Err(e) = plots::cmc_png(&cmc, "CMC: cross-modal identification", &curves) {
         eprintln!("warning: {e}");
     }
-    let path = write_report(
-        &args.common.out,
-        &report,
-        "identify",
-        options_json(&args.common),
-        started,
-    )?;
-    println!(
-        "report: {} ({:.0} s)",
-        path.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
+    write_report(&args.common, &report, "identify", started)
 }
