@@ -28,10 +28,7 @@ impl JsonlSink {
     /// Creates the output (under [`partial_path`] until [`Sink::finish`]).
     pub fn create(path: &Path) -> Result<Self, SinkError> {
         let partial = partial_path(path);
-        let file = File::create(&partial).map_err(|e| SinkError::Create {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let file = create_output(path, &partial)?;
         Ok(Self {
             path: path.to_path_buf(),
             partial,
@@ -42,6 +39,20 @@ impl JsonlSink {
     fn error(&self, e: impl ToString) -> SinkError {
         SinkError::write(&self.path, e)
     }
+}
+
+/// Creates `path`'s folder when missing, then the file itself (the partial one).
+pub fn create_output(path: &Path, partial: &Path) -> Result<File, SinkError> {
+    let create = || -> std::io::Result<File> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        File::create(partial)
+    };
+    create().map_err(|e| SinkError::Create {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// `out.mp4` → `out.partial.mp4`: where an output is written until it is complete (the

@@ -6,7 +6,7 @@ use opencv::core::Size;
 use opencv::prelude::*;
 use opencv::videoio::{self, VideoWriter};
 
-use super::jsonl::partial_path;
+use super::jsonl::{create_output, partial_path};
 use super::{Control, Sink, SinkError};
 use crate::cv::rgb_to_bgr_mat;
 use crate::types::AnnotatedFrame;
@@ -28,10 +28,7 @@ impl VideoSink {
     /// Prepares the output; the writer opens at the first frame, whose size it takes.
     pub fn create(path: &Path, fps: f64) -> Result<Self, SinkError> {
         let partial = partial_path(path);
-        std::fs::File::create(&partial).map_err(|e| SinkError::Create {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        create_output(path, &partial)?;
         Ok(Self {
             path: path.to_path_buf(),
             partial,
