@@ -160,3 +160,44 @@ fn ctrl_c_finishes_a_playable_video_up_to_the_last_frame() {
     assert!(frames > 0 && frames < 1019, "{frames}");
     assert_eq!((frames, rate.as_str()), (lines, "30/1"));
 }
+
+#[test]
+fn two_sources_run_at_once_sharing_the_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("two.jsonl");
+    let sample = repo("samples/obama_weekly_address.mp4");
+    let out = carivis()
+        .args(["live", "--headless", "--frames", "45", "--gallery"])
+        .arg(repo("galleries/demo"))
+        .arg("--input")
+        .arg(&sample)
+        .arg("--input")
+        .arg(&sample)
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for source in [0, 1] {
+        let frames: Vec<u64> = lines
+            .iter()
+            .filter(|l| l["source"] == source)
+            .map(|l| l["frame"].as_u64().unwrap())
+            .collect();
+        eprintln!("source {source}: {} frames delivered", frames.len());
+        assert!(!frames.is_empty(), "nothing from source {source}");
+        assert!(
+            frames.windows(2).all(|w| w[0] < w[1]),
+            "source {source} out of order"
+        );
+    }
+}
