@@ -85,6 +85,21 @@ fn class_counts(pairs: &[Scored], what: &'static str) -> Result<(usize, usize), 
     Ok((genuine, impostor))
 }
 
+/// Every cut of `sorted` (scores descending) between distinct scores: how many pairs the cut
+/// accepts, and how many of those are genuine and impostor pairs.
+fn cuts(sorted: &[Scored]) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    let (mut tp, mut fp) = (0usize, 0usize);
+    sorted.iter().enumerate().filter_map(move |(i, p)| {
+        if p.genuine {
+            tp += 1;
+        } else {
+            fp += 1;
+        }
+        let boundary = sorted.get(i + 1).is_none_or(|next| next.score < p.score);
+        boundary.then_some((i + 1, tp, fp))
+    })
+}
+
 /// The ROC curve from "accept nothing" to "accept everything", one point per distinct score.
 pub fn roc(pairs: &[Scored]) -> Result<Vec<RocPoint>, MetricError> {
     let (genuine, impostor) = class_counts(pairs, "ROC")?;
@@ -94,21 +109,11 @@ pub fn roc(pairs: &[Scored]) -> Result<Vec<RocPoint>, MetricError> {
         far: 0.0,
         tar: 0.0,
     }];
-    let (mut tp, mut fp) = (0usize, 0usize);
-    for (i, p) in sorted.iter().enumerate() {
-        if p.genuine {
-            tp += 1;
-        } else {
-            fp += 1;
-        }
-        if sorted.get(i + 1).is_none_or(|next| next.score < p.score) {
-            points.push(RocPoint {
-                threshold: p.score,
-                far: fp as f64 / impostor as f64,
-                tar: tp as f64 / genuine as f64,
-            });
-        }
-    }
+    points.extend(cuts(&sorted).map(|(accepted, tp, fp)| RocPoint {
+        threshold: sorted[accepted - 1].score,
+        far: fp as f64 / impostor as f64,
+        tar: tp as f64 / genuine as f64,
+    }));
     Ok(points)
 }
 
@@ -179,17 +184,10 @@ pub fn best_accuracy_threshold(pairs: &[Scored]) -> f32 {
     let sorted = sorted_desc(pairs);
     let impostors = sorted.iter().filter(|p| !p.genuine).count();
     let (mut best_right, mut best_cut) = (impostors, 0usize);
-    let (mut tp, mut fp) = (0usize, 0usize);
-    for (i, p) in sorted.iter().enumerate() {
-        if p.genuine {
-            tp += 1;
-        } else {
-            fp += 1;
-        }
-        let boundary = sorted.get(i + 1).is_none_or(|next| next.score < p.score);
+    for (accepted, tp, fp) in cuts(&sorted) {
         let right = tp + impostors - fp;
-        if boundary && right > best_right {
-            (best_right, best_cut) = (right, i + 1);
+        if right > best_right {
+            (best_right, best_cut) = (right, accepted);
         }
     }
     match best_cut {
