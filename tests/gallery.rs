@@ -183,6 +183,13 @@ fn run_ok(command: &mut Command) -> String {
     text
 }
 
+/// A new, empty gallery made with `carivis gallery create` in `dir/g`.
+fn created_gallery(dir: &Path) -> PathBuf {
+    let gallery = dir.join("g");
+    run_ok(carivis().args(["gallery", "create"]).arg(&gallery));
+    gallery
+}
+
 fn photos(data: &Path, person: &str) -> Vec<PathBuf> {
     let dir = data.join("faces/face_api_js/examples/images").join(person);
     (1..=5)
@@ -196,8 +203,7 @@ fn a_gallery_survives_kill_9_during_add() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let gallery = dir.path().join("g");
-    run_ok(carivis().args(["gallery", "create"]).arg(&gallery));
+    let gallery = created_gallery(dir.path());
     run_ok(
         carivis()
             .args([
@@ -361,8 +367,7 @@ fn hostile_names_are_stored_as_text_and_shown_escaped() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let gallery = dir.path().join("g");
-    run_ok(carivis().args(["gallery", "create"]).arg(&gallery));
+    let gallery = created_gallery(dir.path());
     let astronaut = data.join("faces/skimage/astronaut.png");
     for name in ["../../etc", "two\nlines", "tab\there \"quoted\""] {
         run_ok(
@@ -425,8 +430,7 @@ fn add_refuses_images_without_exactly_one_face_and_explains() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let gallery = dir.path().join("g");
-    run_ok(carivis().args(["gallery", "create"]).arg(&gallery));
+    let gallery = created_gallery(dir.path());
     let group = data.join("faces/dlib_examples/examples/faces/2008_002470.jpg");
     let out = carivis()
         .args(["gallery", "add", "--modality", "photo", "--name", "x"])

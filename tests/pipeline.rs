@@ -14,6 +14,20 @@ fn carivis() -> Command {
     Command::new(env!("CARGO_BIN_EXE_carivis"))
 }
 
+/// `carivis annotate` of the sample video with the demo gallery, writing `video` and `jsonl`.
+fn annotate_sample(video: &Path, jsonl: &Path) -> Command {
+    let mut command = carivis();
+    command
+        .args(["annotate", "--gallery"])
+        .arg(repo("galleries/demo"))
+        .arg(repo("samples/obama_weekly_address.mp4"))
+        .arg("-o")
+        .arg(video)
+        .arg("--jsonl")
+        .arg(jsonl);
+    command
+}
+
 /// Frame count and rate of a video as ffprobe reads them.
 fn ffprobe(path: &Path) -> (u64, String) {
     let out = Command::new("ffprobe")
@@ -39,14 +53,8 @@ fn annotate_labels_the_person_on_the_sample_video_and_writes_readable_outputs() 
     let dir = tempfile::tempdir().unwrap();
     let (video, jsonl) = (dir.path().join("out.mp4"), dir.path().join("out.jsonl"));
     let frames = 90;
-    let out = carivis()
-        .args(["annotate", "--frames", &frames.to_string(), "--gallery"])
-        .arg(repo("galleries/demo"))
-        .arg(repo("samples/obama_weekly_address.mp4"))
-        .arg("-o")
-        .arg(&video)
-        .arg("--jsonl")
-        .arg(&jsonl)
+    let out = annotate_sample(&video, &jsonl)
+        .args(["--frames", &frames.to_string()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -134,14 +142,8 @@ fn annotate_reports_a_missing_or_unreadable_input() {
 fn ctrl_c_finishes_a_playable_video_up_to_the_last_frame() {
     let dir = tempfile::tempdir().unwrap();
     let (video, jsonl) = (dir.path().join("cut.mp4"), dir.path().join("cut.jsonl"));
-    let child = carivis()
-        .args(["annotate", "--detect-every", "1", "--gallery"])
-        .arg(repo("galleries/demo"))
-        .arg(repo("samples/obama_weekly_address.mp4"))
-        .arg("-o")
-        .arg(&video)
-        .arg("--jsonl")
-        .arg(&jsonl)
+    let child = annotate_sample(&video, &jsonl)
+        .args(["--detect-every", "1"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
