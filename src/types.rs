@@ -163,13 +163,11 @@ pub struct TrackedFace {
 /// Label shown for faces nobody in the gallery matches.
 pub const UNKNOWN: &str = "unknown";
 
-/// A frame after the pipeline: the original, the annotated copy, and its faces.
+/// A frame after the pipeline, with its faces.
 #[derive(Clone, Debug)]
 pub struct AnnotatedFrame {
-    /// The captured frame.
+    /// The captured frame, with boxes and labels drawn onto its pixels.
     pub frame: Frame,
-    /// The frame with boxes and labels drawn.
-    pub annotated: RgbImage,
     /// The faces, with tracks and identities.
     pub faces: Vec<TrackedFace>,
 }

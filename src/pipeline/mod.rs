@@ -15,6 +15,7 @@ pub mod still;
 pub use stats::{RunReport, StageStats};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -507,23 +508,20 @@ fn annotate_stage(
             .entry(embedded.frame.source)
             .or_insert_with(|| Tracker::new(config.tracker));
         let faces = tracker.update(&observations);
-        let mut annotated = (*embedded.frame.image).clone();
+        let mut frame = embedded.frame;
+        // The frame's pixels are no longer shared here (chips were copied out), so drawing
+        // takes them over without a copy.
+        let mut image = Arc::unwrap_or_clone(frame.image);
         let status = Status {
             fps: rate.tick(),
             dropped: counters.dropped.load(Ordering::SeqCst),
         };
-        if let Err(e) = draw(&mut annotated, &faces, status) {
+        if let Err(e) = draw(&mut image, &faces, status) {
             tracing::warn!("drawing failed: {e}");
         }
+        frame.image = Arc::new(image);
         time.push(timer.ms());
-        if tx
-            .send(AnnotatedFrame {
-                frame: embedded.frame,
-                annotated,
-                faces,
-            })
-            .is_err()
-        {
+        if tx.send(AnnotatedFrame { frame, faces }).is_err() {
             break;
         }
     }

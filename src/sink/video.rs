@@ -68,9 +68,9 @@ impl VideoSink {
 impl Sink for VideoSink {
     fn write(&mut self, frame: &AnnotatedFrame) -> Result<Control, SinkError> {
         if self.writer.is_none() {
-            self.writer = Some(self.open(frame.annotated.width(), frame.annotated.height())?);
+            self.writer = Some(self.open(frame.frame.image.width(), frame.frame.image.height())?);
         }
-        let bgr = rgb_to_bgr_mat(&frame.annotated).map_err(|e| self.error(e))?;
+        let bgr = rgb_to_bgr_mat(&frame.frame.image).map_err(|e| self.error(e))?;
         let writer = self.writer.as_mut().expect("opened above");
         writer
             .write(&bgr)

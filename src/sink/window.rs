@@ -35,8 +35,8 @@ impl WindowSink {
 impl Sink for WindowSink {
     fn write(&mut self, frame: &AnnotatedFrame) -> Result<Control, SinkError> {
         let (w, h) = (
-            frame.annotated.width() as usize,
-            frame.annotated.height() as usize,
+            frame.frame.image.width() as usize,
+            frame.frame.image.height() as usize,
         );
         let source = frame.frame.source;
         if self.windows.len() <= source {
@@ -58,7 +58,8 @@ impl Sink for WindowSink {
         self.buffer.clear();
         self.buffer.extend(
             frame
-                .annotated
+                .frame
+                .image
                 .pixels()
                 .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2])),
         );
