@@ -160,7 +160,7 @@ impl Embedder {
     }
 
     fn embed_batch(&mut self, chips: &[RgbImage]) -> Result<Vec<Embedding>, EmbedError> {
-        let input = self.to_tensor(chips)?;
+        let input = chips_tensor(chips, self.chip_size)?;
         let out = self.model.run(&self.input, input.view())?;
         let rows = |name: &str| unit_rows(&out[name]);
         Ok(match &self.outputs {
@@ -187,27 +187,28 @@ impl Embedder {
             }
         })
     }
+}
 
-    /// Stacks chips into an N×3×S×S float tensor of raw 0–255 RGB (the models normalise inside).
-    fn to_tensor(&self, chips: &[RgbImage]) -> Result<Array4<f32>, EmbedError> {
-        let s = self.chip_size as usize;
-        let mut tensor = Array4::<f32>::zeros((chips.len(), 3, s, s));
-        for (mut slot, chip) in tensor.outer_iter_mut().zip(chips) {
-            if chip.width() != self.chip_size || chip.height() != self.chip_size {
-                return Err(EmbedError::ChipSize {
-                    width: chip.width(),
-                    height: chip.height(),
-                    size: self.chip_size,
-                });
-            }
-            for (x, y, px) in chip.enumerate_pixels() {
-                for c in 0..3 {
-                    slot[[c, y as usize, x as usize]] = f32::from(px[c]);
-                }
+/// Stacks chips into an N×3×S×S float tensor of raw 0–255 RGB (the models normalise inside);
+/// every chip must be `size`×`size`.
+pub fn chips_tensor(chips: &[RgbImage], size: u32) -> Result<Array4<f32>, EmbedError> {
+    let s = size as usize;
+    let mut tensor = Array4::<f32>::zeros((chips.len(), 3, s, s));
+    for (mut slot, chip) in tensor.outer_iter_mut().zip(chips) {
+        if chip.width() != size || chip.height() != size {
+            return Err(EmbedError::ChipSize {
+                width: chip.width(),
+                height: chip.height(),
+                size,
+            });
+        }
+        for (x, y, px) in chip.enumerate_pixels() {
+            for c in 0..3 {
+                slot[[c, y as usize, x as usize]] = f32::from(px[c]);
             }
         }
-        Ok(tensor)
     }
+    Ok(tensor)
 }
 
 /// Each row of an N×D output as an L2-normalised vector.

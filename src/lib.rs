@@ -15,4 +15,5 @@ pub mod render;
 pub mod runtime;
 pub mod sink;
 pub mod track;
+pub mod train;
 pub mod types;

@@ -137,6 +137,50 @@ pub fn cmc_png(path: &Path, title: &str, curves: &[(String, &[f64])]) -> Result<
     })
 }
 
+/// Line plots on linear axes, one curve per label (training losses and weights).
+pub fn lines_png(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    curves: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), EvalError> {
+    let points = || curves.iter().flat_map(|(_, c)| c.iter());
+    let (x_max, y_max) = points().fold((1.0f64, 0.0f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
+    let y_min = points().fold(0.0f64, |y, p| y.min(p.1));
+    let y_max = if y_max > y_min {
+        y_max * 1.05
+    } else {
+        y_min + 1.0
+    };
+    render(path, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 24))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, y_min..y_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .draw()
+            .map_err(plot_error)?;
+        for (i, (label, points)) in curves.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_error)?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        }
+        legend(&mut chart)
+    })
+}
+
 fn legend<'a, X, Y>(
     chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
 ) -> Result<(), EvalError>

@@ -1,0 +1,508 @@
+//! The training loop: batches of cached trunk maps (original or mirrored at random), the three
+//! task losses with per-task row masks, the weight unit and the two optimisers over disjoint
+//! parameter sets on the same forward pass, centre updates, validation and checkpoints.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Tensor, Var};
+
+use super::loss::{
+    CentreTable, Objectives, TaskLoss, Weighting, equal_weights, objectives, task_loss,
+};
+use super::net::{
+    BatchInput, Branch, BranchWeights, CHANNELS, EMBEDDING_DIM, MapFeatures, TASKS, WeightUnit,
+};
+use super::onnx::TRUNK_LEN;
+use super::optim::{RmsProp, RmsPropConfig};
+use super::{Rng, TrainError};
+use crate::eval::metrics::{Scored, auc, rates_at, roc, threshold_at_far};
+use crate::types::Modality;
+
+/// Rows per inference batch in validation.
+const INFERENCE_BATCH: usize = 512;
+/// FAR at which validation reports TAR.
+const VALIDATION_FAR: f64 = 0.01;
+
+/// The training hyper-parameters.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainOptions {
+    /// Passes over the training images.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Learning rate of the branches.
+    pub learning_rate: f64,
+    /// From this epoch (0-based) on, learning rates are divided by 10.
+    pub lr_drop_epoch: usize,
+    /// The weight unit's learning rate is this multiple of the branches'.
+    pub unit_lr_multiplier: f64,
+    /// Scale of the unit's normalised logits before the softmax.
+    pub logit_scale: f64,
+    /// Weight of the centre loss in each task loss.
+    pub centre_weight: f64,
+    /// α of the centre update.
+    pub centre_alpha: f32,
+    /// Dropout probability before the projection.
+    pub dropout: f32,
+    /// How task losses are weighted.
+    pub weighting: Weighting,
+    /// RMSProp settings (both optimisers).
+    pub rmsprop: RmsPropConfig,
+    /// Seed of initialisation, shuffling, mirroring and dropout.
+    pub seed: u64,
+}
+
+/// Labelled trunk maps.
+pub struct Examples {
+    /// Each image's maps: the chip's and its mirror image's.
+    pub maps: Vec<[MapFeatures; 2]>,
+    /// Each image's label (class index for training people).
+    pub labels: Vec<u32>,
+    /// Each image's modality.
+    pub modalities: Vec<Modality>,
+}
+
+impl Examples {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// What one step measured (a row of the training log).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StepRecord {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Steps done before this one, over the whole run.
+    pub step: usize,
+    /// Learning rate of the branches.
+    pub learning_rate: f64,
+    /// Task losses (cross-entropy + weighted centre loss): shared, photo, caricature.
+    pub loss: [f32; TASKS],
+    /// Cross-entropy per task.
+    pub cross_entropy: [f32; TASKS],
+    /// Centre loss per task.
+    pub centre: [f32; TASKS],
+    /// Task weights used.
+    pub weight: [f32; TASKS],
+    /// Training-batch accuracy per task.
+    pub accuracy: [f32; TASKS],
+    /// Global gradient norm of the branches before clipping.
+    pub grad_norm: f64,
+}
+
+/// Validation figures.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Validation {
+    /// Top-1 classification accuracy per task (shared: all images; photo: photos;
+    /// caricature: caricatures); `None` when the labels are not training classes.
+    pub accuracy: Option<[f32; TASKS]>,
+    /// AUC of every caricature–photo pair, shared branch.
+    pub cross_modal_auc: f64,
+    /// TAR at FAR 1% over the same pairs.
+    pub cross_modal_tar: f64,
+    /// Number of caricature–photo pairs scored.
+    pub pairs: usize,
+}
+
+/// The network, its optimisers and centre tables.
+pub struct Trainer {
+    options: TrainOptions,
+    device: Device,
+    branches: Vec<Branch>,
+    unit: WeightUnit,
+    centres: Vec<CentreTable>,
+    network_optimiser: RmsProp,
+    unit_optimiser: RmsProp,
+    rng: Rng,
+    steps_done: usize,
+}
+
+impl Trainer {
+    /// A fresh network: every branch starts from `pretrained`; classifiers and the unit are
+    /// drawn from the seed.
+    pub fn new(
+        pretrained: &BranchWeights,
+        classes: usize,
+        options: TrainOptions,
+    ) -> Result<Self, TrainError> {
+        let device = Device::Cpu;
+        let mut rng = Rng::new(options.seed);
+        let classifier_std = (2.0 / (EMBEDDING_DIM + classes) as f32).sqrt();
+        let branches = (0..TASKS)
+            .map(|_| {
+                let init = (0..EMBEDDING_DIM * classes)
+                    .map(|_| rng.normal() * classifier_std)
+                    .collect();
+                Branch::new(pretrained, init, classes, &device)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let unit_init = (0..TRUNK_LEN * TASKS)
+            .map(|_| rng.normal() * 0.01)
+            .collect();
+        let unit = WeightUnit::new(unit_init, options.logit_scale, &device)?;
+        let network_vars: Vec<Var> = branches
+            .iter()
+            .flat_map(|b| b.vars().into_iter().cloned())
+            .collect();
+        let unit_vars: Vec<Var> = unit.vars().into_iter().cloned().collect();
+        Ok(Self {
+            network_optimiser: RmsProp::new(network_vars, options.rmsprop)?,
+            unit_optimiser: RmsProp::new(unit_vars, options.rmsprop)?,
+            centres: (0..TASKS).map(|_| CentreTable::new(classes)).collect(),
+            branches,
+            unit,
+            rng,
+            device,
+            options,
+            steps_done: 0,
+        })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &TrainOptions {
+        &self.options
+    }
+
+    /// Learning rate of the branches in `epoch`.
+    pub fn learning_rate(&self, epoch: usize) -> f64 {
+        if epoch >= self.options.lr_drop_epoch {
+            self.options.learning_rate / 10.0
+        } else {
+            self.options.learning_rate
+        }
+    }
+
+    /// One pass over `examples` in a fresh random order; `on_step` sees every step's record.
+    /// Returns `false` when `stop` was set before the pass ended.
+    pub fn train_epoch(
+        &mut self,
+        epoch: usize,
+        examples: &Examples,
+        stop: &AtomicBool,
+        mut on_step: impl FnMut(&StepRecord),
+    ) -> Result<bool, TrainError> {
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        self.rng.shuffle(&mut order);
+        let lr = self.learning_rate(epoch);
+        for batch in order.chunks(self.options.batch.max(2)) {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            if batch.len() < 2 {
+                continue;
+            }
+            let record = self.step(epoch, batch, examples, lr)?;
+            on_step(&record);
+        }
+        Ok(true)
+    }
+
+    /// One optimisation step on the images `batch`.
+    fn step(
+        &mut self,
+        epoch: usize,
+        batch: &[usize],
+        examples: &Examples,
+        lr: f64,
+    ) -> Result<StepRecord, TrainError> {
+        let items: Vec<&MapFeatures> = batch
+            .iter()
+            .map(|&i| &examples.maps[i][usize::from(self.rng.uniform() < 0.5)])
+            .collect();
+        let input = BatchInput::new(&items, &self.device)?;
+        let labels: Vec<u32> = batch.iter().map(|&i| examples.labels[i]).collect();
+        let task_rows = task_rows(batch, examples);
+        let mut task_losses: Vec<Option<TaskLoss>> = Vec::with_capacity(TASKS);
+        for (t, rows) in task_rows.iter().enumerate() {
+            let mask = self.dropout_mask(batch.len())?;
+            let out = self.branches[t].forward(&input, mask.as_ref())?;
+            let row_labels: Vec<u32> = rows.iter().map(|&r| labels[r as usize]).collect();
+            let centres = self.centres[t].tensor(&self.device)?;
+            task_losses.push(task_loss(
+                &out,
+                rows,
+                &row_labels,
+                &centres,
+                self.options.centre_weight,
+            )?);
+        }
+        let zero = Tensor::zeros((), candle_core::DType::F32, &self.device)?;
+        let losses = Tensor::stack(
+            &task_losses
+                .iter()
+                .map(|l| l.as_ref().map_or_else(|| zero.clone(), |l| l.loss.clone()))
+                .collect::<Vec<_>>(),
+            0,
+        )?;
+        let weights = match self.options.weighting {
+            Weighting::Fixed => equal_weights(&self.device)?,
+            _ => self.unit.forward(&input.flat)?,
+        };
+        let Objectives { network, unit } = objectives(self.options.weighting, &weights, &losses)?;
+        let grad_norm = self.network_optimiser.step(&network.backward()?, lr)?;
+        if let Some(unit) = unit {
+            self.unit_optimiser
+                .step(&unit.backward()?, lr * self.options.unit_lr_multiplier)?;
+        }
+        for (table, loss) in self.centres.iter_mut().zip(&task_losses) {
+            if let Some(loss) = loss {
+                table.update(&loss.embeddings, &loss.labels, self.options.centre_alpha);
+            }
+        }
+        let per_task = |f: fn(&TaskLoss) -> f32| {
+            std::array::from_fn(|t| task_losses[t].as_ref().map_or(0.0, f))
+        };
+        let weight: Vec<f32> = weights.to_vec1()?;
+        let record = StepRecord {
+            epoch,
+            step: self.steps_done,
+            learning_rate: lr,
+            loss: std::array::from_fn(|t| losses.get(t).and_then(|l| l.to_scalar()).unwrap_or(0.0)),
+            cross_entropy: per_task(|l| l.cross_entropy),
+            centre: per_task(|l| l.centre),
+            weight: std::array::from_fn(|t| weight[t]),
+            accuracy: per_task(|l| l.accuracy),
+            grad_norm,
+        };
+        self.steps_done += 1;
+        Ok(record)
+    }
+
+    /// A dropout mask (N×256, entries 0 or 1/(1−p)), or `None` without dropout.
+    fn dropout_mask(&mut self, rows: usize) -> Result<Option<Tensor>, TrainError> {
+        let p = self.options.dropout;
+        if p <= 0.0 {
+            return Ok(None);
+        }
+        let keep = 1.0 / (1.0 - p);
+        let values: Vec<f32> = (0..rows * CHANNELS)
+            .map(|_| if self.rng.uniform() < p { 0.0 } else { keep })
+            .collect();
+        Ok(Some(Tensor::from_vec(
+            values,
+            (rows, CHANNELS),
+            &self.device,
+        )?))
+    }
+
+    /// Normalised embeddings (row-major, 128 per image) and predicted classes of each task,
+    /// without dropout, on the unmirrored maps.
+    pub fn infer(&self, maps: &[&MapFeatures]) -> Result<Inference, TrainError> {
+        let mut inference = Inference::default();
+        for chunk in maps.chunks(INFERENCE_BATCH) {
+            let input = BatchInput::new(chunk, &self.device)?;
+            for (t, branch) in self.branches.iter().enumerate() {
+                let out = branch.forward(&input, None)?;
+                inference.embeddings[t].extend(out.embedding.flatten_all()?.to_vec1::<f32>()?);
+                inference.predicted[t].extend(out.logits.argmax(1)?.to_vec1::<u32>()?);
+            }
+        }
+        Ok(inference)
+    }
+
+    /// Figures on held-back images; `classified` when their labels are training classes.
+    pub fn validate(
+        &self,
+        examples: &Examples,
+        classified: bool,
+    ) -> Result<Validation, TrainError> {
+        let maps: Vec<&MapFeatures> = examples.maps.iter().map(|m| &m[0]).collect();
+        let inference = self.infer(&maps)?;
+        let accuracy = classified.then(|| {
+            std::array::from_fn(|t| {
+                let rows: Vec<usize> = (0..examples.len())
+                    .filter(|&i| task_includes(t, examples.modalities[i]))
+                    .collect();
+                let correct = rows
+                    .iter()
+                    .filter(|&&i| inference.predicted[t][i] == examples.labels[i])
+                    .count();
+                correct as f32 / rows.len().max(1) as f32
+            })
+        });
+        let pairs = cross_modal_pairs(&inference.embeddings[0], examples);
+        let (auc_value, tar) =
+            if pairs.iter().any(|p| p.genuine) && pairs.iter().any(|p| !p.genuine) {
+                let curve = roc(&pairs).map_err(|e| TrainError::Data(e.to_string()))?;
+                let impostors: Vec<f32> = pairs
+                    .iter()
+                    .filter(|p| !p.genuine)
+                    .map(|p| p.score)
+                    .collect();
+                let tar = threshold_at_far(&impostors, VALIDATION_FAR)
+                    .map_or(0.0, |t| rates_at(&pairs, t).0);
+                (auc(&curve), tar)
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+        Ok(Validation {
+            accuracy,
+            cross_modal_auc: auc_value,
+            cross_modal_tar: tar,
+            pairs: pairs.len(),
+        })
+    }
+
+    /// The current weights of the three blocks (export layout), shared first.
+    pub fn branch_weights(&self) -> Result<Vec<BranchWeights>, TrainError> {
+        self.branches.iter().map(Branch::weights).collect()
+    }
+
+    /// Every tensor of the training state, by name (for a checkpoint).
+    pub fn state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        let mut state = HashMap::new();
+        for (t, branch) in self.branches.iter().enumerate() {
+            for (k, var) in branch.vars().into_iter().enumerate() {
+                state.insert(format!("branch{t}.{k}"), var.as_tensor().clone());
+            }
+            let centres = &self.centres[t];
+            state.insert(format!("centres{t}"), centres.tensor(&self.device)?);
+        }
+        for (k, var) in self.unit.vars().into_iter().enumerate() {
+            state.insert(format!("unit.{k}"), var.as_tensor().clone());
+        }
+        for (prefix, optimiser) in [
+            ("opt.network", &self.network_optimiser),
+            ("opt.unit", &self.unit_optimiser),
+        ] {
+            for (k, t) in optimiser.state().into_iter().enumerate() {
+                state.insert(format!("{prefix}.{k}"), t.clone());
+            }
+        }
+        Ok(state)
+    }
+
+    /// Restores the tensors written by [`Trainer::state`], the generator and the step count.
+    pub fn restore(
+        &mut self,
+        mut state: HashMap<String, Tensor>,
+        rng: Rng,
+        steps_done: usize,
+    ) -> Result<(), TrainError> {
+        let mut take = |name: String| {
+            state
+                .remove(&name)
+                .ok_or_else(|| TrainError::Checkpoint(format!("tensor `{name}` is missing")))
+        };
+        for (t, branch) in self.branches.iter().enumerate() {
+            for (k, var) in branch.vars().into_iter().enumerate() {
+                set_checked(var, &take(format!("branch{t}.{k}"))?)?;
+            }
+            let centres = take(format!("centres{t}"))?.flatten_all()?.to_vec1()?;
+            self.centres[t] = CentreTable::from_values(centres);
+        }
+        for (k, var) in self.unit.vars().into_iter().enumerate() {
+            set_checked(var, &take(format!("unit.{k}"))?)?;
+        }
+        for (prefix, optimiser) in [
+            ("opt.network", &mut self.network_optimiser),
+            ("opt.unit", &mut self.unit_optimiser),
+        ] {
+            let n = optimiser.state().len();
+            let tensors = (0..n)
+                .map(|k| take(format!("{prefix}.{k}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            optimiser.set_state(tensors)?;
+        }
+        self.rng = rng;
+        self.steps_done = steps_done;
+        Ok(())
+    }
+
+    /// The generator's state (saved with checkpoints).
+    pub fn rng(&self) -> &Rng {
+        &self.rng
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.steps_done
+    }
+
+    /// Writes the state tensors as safetensors, atomically.
+    pub fn save_state(&self, path: &Path) -> Result<(), TrainError> {
+        let tmp = path.with_extension("tmp");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        candle_core::safetensors::save(&self.state()?, &tmp)?;
+        std::fs::rename(&tmp, path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Per-task embeddings and predictions of [`Trainer::infer`].
+#[derive(Default)]
+pub struct Inference {
+    /// Row-major normalised embeddings per task.
+    pub embeddings: [Vec<f32>; TASKS],
+    /// Top class per task and image.
+    pub predicted: [Vec<u32>; TASKS],
+}
+
+/// Whether task `t` (shared, photo, caricature) trains on images of `modality`.
+fn task_includes(t: usize, modality: Modality) -> bool {
+    match t {
+        0 => true,
+        1 => modality == Modality::Photo,
+        _ => modality == Modality::Caricature,
+    }
+}
+
+/// The batch rows each task trains on.
+fn task_rows(batch: &[usize], examples: &Examples) -> Vec<Vec<u32>> {
+    (0..TASKS)
+        .map(|t| {
+            (0..batch.len() as u32)
+                .filter(|&r| task_includes(t, examples.modalities[batch[r as usize]]))
+                .collect()
+        })
+        .collect()
+}
+
+/// Every caricature–photo pair of the examples, scored by the dot product of `embeddings`.
+fn cross_modal_pairs(embeddings: &[f32], examples: &Examples) -> Vec<Scored> {
+    let row = |i: usize| &embeddings[i * EMBEDDING_DIM..][..EMBEDDING_DIM];
+    let of = |m: Modality| -> Vec<usize> {
+        (0..examples.len())
+            .filter(|&i| examples.modalities[i] == m)
+            .collect()
+    };
+    let (caricatures, photos) = (of(Modality::Caricature), of(Modality::Photo));
+    let mut pairs = Vec::with_capacity(caricatures.len() * photos.len());
+    for &c in &caricatures {
+        for &p in &photos {
+            let score = row(c).iter().zip(row(p)).map(|(a, b)| a * b).sum();
+            pairs.push(Scored {
+                score,
+                genuine: examples.labels[c] == examples.labels[p],
+            });
+        }
+    }
+    pairs
+}
+
+fn set_checked(var: &Var, value: &Tensor) -> Result<(), TrainError> {
+    if var.as_tensor().dims() != value.dims() {
+        return Err(TrainError::Checkpoint(format!(
+            "a tensor has shape {:?}, the network needs {:?} (trained with other classes?)",
+            value.dims(),
+            var.as_tensor().dims()
+        )));
+    }
+    Ok(var.set(value)?)
+}
