@@ -273,6 +273,9 @@ pub struct LabelledImage {
     pub modality: Modality,
 }
 
+/// Manifest modalities that carry no single labelled face and are skipped.
+pub const UNLABELLED_MODALITIES: [&str; 3] = ["group_photo", "video", "figure"];
+
 /// Reads a manifest CSV (`path,identity,modality,…`, paths relative to the CSV's folder):
 /// rows with an identity and modality `photo` or `caricature`, whose path starts with
 /// `only` when given.
@@ -295,7 +298,16 @@ pub fn read_manifest(csv: &Path, only: Option<&str>) -> Result<Vec<LabelledImage
         let modality = match modality {
             "photo" => Modality::Photo,
             "caricature" => Modality::Caricature,
-            _ => continue,
+            m if UNLABELLED_MODALITIES.contains(&m) => continue,
+            m => {
+                return Err(ProtocolError::Malformed {
+                    file: csv.to_path_buf(),
+                    line: i + 1,
+                    reason: format!(
+                        "unknown modality `{m}` (expected photo, caricature, or one of {UNLABELLED_MODALITIES:?}, which are skipped)"
+                    ),
+                });
+            }
         };
         if identity.is_empty() || only.is_some_and(|prefix| !path.starts_with(prefix)) {
             continue;

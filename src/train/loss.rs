@@ -177,6 +177,71 @@ pub fn equal_weights(device: &Device) -> Result<Tensor, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::Rng;
+    use crate::train::net::WeightUnit;
+    use crate::train::onnx::TRUNK_LEN;
+    use crate::train::optim::{RmsProp, RmsPropConfig};
+
+    /// Trains a weight unit alone against constant task losses (task 0 hard, tasks 1 and 2
+    /// easy) and returns its weights before and after.
+    fn toy_weights(weighting: Weighting) -> (Vec<f32>, Vec<f32>) {
+        let device = Device::Cpu;
+        let mut rng = Rng::new(11);
+        let init = (0..TRUNK_LEN * TASKS)
+            .map(|_| rng.normal() * 0.01)
+            .collect();
+        let unit = WeightUnit::new(init, 2.0, &device).unwrap();
+        let flat: Vec<f32> = (0..8 * TRUNK_LEN).map(|_| rng.uniform()).collect();
+        let flat = Tensor::from_vec(flat, (8, TRUNK_LEN), &device).unwrap();
+        let losses = Tensor::new(&[2.0f32, 0.5, 0.5], &device).unwrap();
+        let vars = unit.vars().into_iter().cloned().collect();
+        let mut optimiser = RmsProp::new(vars, RmsPropConfig::default()).unwrap();
+        let before = unit.forward(&flat).unwrap().to_vec1::<f32>().unwrap();
+        for _ in 0..30 {
+            let weights = unit.forward(&flat).unwrap();
+            let objectives = objectives(weighting, &weights, &losses).unwrap();
+            let grads = objectives.unit.unwrap().backward().unwrap();
+            optimiser.step(&grads, 0.01).unwrap();
+        }
+        (
+            before,
+            unit.forward(&flat).unwrap().to_vec1::<f32>().unwrap(),
+        )
+    }
+
+    #[test]
+    fn dynamic_weighting_moves_weight_to_the_task_with_the_largest_loss() {
+        let (before, after) = toy_weights(Weighting::Dynamic);
+        assert!(after[0] > before[0] + 0.1, "{before:?} → {after:?}");
+        assert!(after[0] > after[1] && after[0] > after[2], "{after:?}");
+    }
+
+    #[test]
+    fn naive_weighting_moves_weight_away_from_the_task_with_the_largest_loss() {
+        let (before, after) = toy_weights(Weighting::Naive);
+        assert!(after[0] < before[0] - 0.1, "{before:?} → {after:?}");
+        assert!(after[0] < after[1] && after[0] < after[2], "{after:?}");
+    }
+
+    #[test]
+    fn network_objective_holds_the_weights_constant() {
+        let device = Device::Cpu;
+        let w = candle_core::Var::new(&[0.2f32, 0.3, 0.5], &device).unwrap();
+        let l = candle_core::Var::new(&[1.0f32, 2.0, 3.0], &device).unwrap();
+        let o = objectives(Weighting::Dynamic, w.as_tensor(), l.as_tensor()).unwrap();
+        let grads = o.network.backward().unwrap();
+        assert!(grads.get(w.as_tensor()).is_none());
+        let dl = grads.get(l.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(dl, vec![0.2, 0.3, 0.5]);
+        let unit_grads = o.unit.unwrap().backward().unwrap();
+        assert!(unit_grads.get(l.as_tensor()).is_none());
+        let dw = unit_grads
+            .get(w.as_tensor())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((dw[0] - 1.0 / 1.01).abs() < 1e-6, "{dw:?}");
+    }
 
     #[test]
     fn centre_update_moves_half_way_to_the_class_mean() {

@@ -131,15 +131,18 @@ pub struct Branch {
     wfc: Var,
     classifier_w: Var,
     classifier_b: Var,
+    cosine_scale: Option<f64>,
 }
 
 impl Branch {
     /// A branch starting from `weights`, with a classifier initialised from `classifier_init`
-    /// (`EMBEDDING_DIM × classes`, row-major).
+    /// (`EMBEDDING_DIM × classes`, row-major): linear on the raw projection, or, with
+    /// `cosine_scale`, `scale × cos(embedding, class weight)` (no bias).
     pub fn new(
         weights: &BranchWeights,
         classifier_init: Vec<f32>,
         classes: usize,
+        cosine_scale: Option<f64>,
         device: &Device,
     ) -> Result<Self, TrainError> {
         let var = |data: &[f32], shape: (usize, usize)| -> Result<Var, TrainError> {
@@ -159,6 +162,7 @@ impl Branch {
             wfc: var(&weights.wfc, (CHANNELS, EMBEDDING_DIM))?,
             classifier_w: var(&classifier_init, (EMBEDDING_DIM, classes))?,
             classifier_b: Var::zeros((1, classes), DType::F32, device)?,
+            cosine_scale,
         })
     }
 
@@ -173,6 +177,11 @@ impl Branch {
             &self.classifier_w,
             &self.classifier_b,
         ]
+    }
+
+    /// The classifier's variables (trained alone during warm-up).
+    pub fn classifier_vars(&self) -> Vec<&Var> {
+        vec![&self.classifier_w, &self.classifier_b]
     }
 
     /// The block's current weights in export layout.
@@ -217,9 +226,15 @@ impl Branch {
         };
         let raw = pooled.matmul(self.wfc.as_tensor())?;
         let embedding = l2_normalise_rows(&raw)?;
-        let logits = raw
-            .matmul(self.classifier_w.as_tensor())?
-            .broadcast_add(self.classifier_b.as_tensor())?;
+        let logits = match self.cosine_scale {
+            Some(scale) => {
+                let columns = l2_normalise_rows(&self.classifier_w.as_tensor().t()?)?.t()?;
+                (embedding.matmul(&columns)? * scale)?
+            }
+            None => raw
+                .matmul(self.classifier_w.as_tensor())?
+                .broadcast_add(self.classifier_b.as_tensor())?,
+        };
         Ok(BranchOutput {
             raw,
             embedding,

@@ -34,6 +34,7 @@ impl Default for RmsPropConfig {
 /// `ms ← ρ·ms + (1−ρ)·g²`, `mom ← μ·mom + lr·g/√(ms+ε)`, `θ ← θ − mom`.
 pub struct RmsProp {
     vars: Vec<Var>,
+    lr_multipliers: Vec<f64>,
     mean_square: Vec<Tensor>,
     moment: Vec<Tensor>,
     config: RmsPropConfig,
@@ -42,6 +43,16 @@ pub struct RmsProp {
 impl RmsProp {
     /// An optimiser for `vars` with zero state.
     pub fn new(vars: Vec<Var>, config: RmsPropConfig) -> Result<Self, TrainError> {
+        let ones = vec![1.0; vars.len()];
+        Self::with_multipliers(vars, ones, config)
+    }
+
+    /// An optimiser whose variable `i` learns at `lr_multipliers[i]` × the step's rate.
+    pub fn with_multipliers(
+        vars: Vec<Var>,
+        lr_multipliers: Vec<f64>,
+        config: RmsPropConfig,
+    ) -> Result<Self, TrainError> {
         let zeros = vars
             .iter()
             .map(|v| v.as_tensor().zeros_like())
@@ -50,6 +61,7 @@ impl RmsProp {
             mean_square: zeros.clone(),
             moment: zeros,
             vars,
+            lr_multipliers,
             config,
         })
     }
@@ -95,12 +107,16 @@ impl RmsProp {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let g = (g * clip)?;
+            // Detached: gradients can carry their own graph, which the state would otherwise
+            // chain from step to step (memory grows without bound).
+            let g = (g.detach() * clip)?;
             self.mean_square[i] =
-                ((&self.mean_square[i] * c.decay)? + (g.sqr()? * (1.0 - c.decay))?)?;
+                ((&self.mean_square[i] * c.decay)? + (g.sqr()? * (1.0 - c.decay))?)?.detach();
             let denominator = (&self.mean_square[i] + c.epsilon)?.sqrt()?;
-            self.moment[i] = ((&self.moment[i] * c.momentum)? + (g.div(&denominator)? * lr)?)?;
-            var.set(&var.as_tensor().sub(&self.moment[i])?)?;
+            let rate = lr * self.lr_multipliers[i];
+            self.moment[i] =
+                ((&self.moment[i] * c.momentum)? + (g.div(&denominator)? * rate)?)?.detach();
+            var.set(&var.as_tensor().detach().sub(&self.moment[i])?)?;
         }
         Ok(norm)
     }

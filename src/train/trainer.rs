@@ -34,12 +34,19 @@ pub struct TrainOptions {
     pub batch: usize,
     /// Learning rate of the branches.
     pub learning_rate: f64,
+    /// Epochs at the start in which only the classifiers learn.
+    pub warmup_epochs: usize,
     /// From this epoch (0-based) on, learning rates are divided by 10.
     pub lr_drop_epoch: usize,
+    /// The pretrained blocks learn at this multiple of the classifiers' rate.
+    pub block_lr_multiplier: f64,
     /// The weight unit's learning rate is this multiple of the branches'.
     pub unit_lr_multiplier: f64,
     /// Scale of the unit's normalised logits before the softmax.
     pub logit_scale: f64,
+    /// Classifier: `scale × cosine` of normalised embedding and class weights when > 0, else
+    /// linear on the raw projection (the original's).
+    pub cosine_scale: f64,
     /// Weight of the centre loss in each task loss.
     pub centre_weight: f64,
     /// α of the centre update.
@@ -142,20 +149,35 @@ impl Trainer {
                 let init = (0..EMBEDDING_DIM * classes)
                     .map(|_| rng.normal() * classifier_std)
                     .collect();
-                Branch::new(pretrained, init, classes, &device)
+                let scale = (options.cosine_scale > 0.0).then_some(options.cosine_scale);
+                Branch::new(pretrained, init, classes, scale, &device)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let unit_init = (0..TRUNK_LEN * TASKS)
             .map(|_| rng.normal() * 0.01)
             .collect();
         let unit = WeightUnit::new(unit_init, options.logit_scale, &device)?;
-        let network_vars: Vec<Var> = branches
-            .iter()
-            .flat_map(|b| b.vars().into_iter().cloned())
-            .collect();
+        let mut network_vars: Vec<Var> = Vec::new();
+        let mut multipliers = Vec::new();
+        for branch in &branches {
+            let classifier = branch.classifier_vars();
+            for var in branch.vars() {
+                let is_classifier = classifier.iter().any(|c| std::ptr::eq(*c, var));
+                multipliers.push(if is_classifier {
+                    1.0
+                } else {
+                    options.block_lr_multiplier
+                });
+                network_vars.push(var.clone());
+            }
+        }
         let unit_vars: Vec<Var> = unit.vars().into_iter().cloned().collect();
         Ok(Self {
-            network_optimiser: RmsProp::new(network_vars, options.rmsprop)?,
+            network_optimiser: RmsProp::with_multipliers(
+                network_vars,
+                multipliers,
+                options.rmsprop,
+            )?,
             unit_optimiser: RmsProp::new(unit_vars, options.rmsprop)?,
             centres: (0..TASKS).map(|_| CentreTable::new(classes)).collect(),
             branches,
@@ -248,7 +270,11 @@ impl Trainer {
             _ => self.unit.forward(&input.flat)?,
         };
         let Objectives { network, unit } = objectives(self.options.weighting, &weights, &losses)?;
-        let grad_norm = self.network_optimiser.step(&network.backward()?, lr)?;
+        let mut grads = network.backward()?;
+        if epoch < self.options.warmup_epochs {
+            self.keep_classifier_gradients(&mut grads);
+        }
+        let grad_norm = self.network_optimiser.step(&grads, lr)?;
         if let Some(unit) = unit {
             self.unit_optimiser
                 .step(&unit.backward()?, lr * self.options.unit_lr_multiplier)?;
@@ -275,6 +301,20 @@ impl Trainer {
         };
         self.steps_done += 1;
         Ok(record)
+    }
+
+    /// Drops every gradient but the classifiers': during warm-up the pretrained blocks stay
+    /// as they are while the randomly initialised classifiers learn (their first, random
+    /// gradients would otherwise damage the blocks).
+    fn keep_classifier_gradients(&self, grads: &mut candle_core::backprop::GradStore) {
+        for branch in &self.branches {
+            let classifier: Vec<&Var> = branch.classifier_vars();
+            for var in branch.vars() {
+                if !classifier.iter().any(|c| std::ptr::eq(*c, var)) {
+                    grads.remove(var.as_tensor());
+                }
+            }
+        }
     }
 
     /// A dropout mask (N×256, entries 0 or 1/(1−p)), or `None` without dropout.

@@ -1,0 +1,321 @@
+//! The trainer on real models and real images: its block reproduces the dlib descriptor, the
+//! exported ONNX reproduces its forward pass, bad input fails with clear messages, and a short
+//! real training run writes a model the pipeline opens, its logs and plots, and resumes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use carivis::capture::load_image;
+use carivis::detect::DetectorConfig;
+use carivis::embed::Embedder;
+use carivis::train::Rng;
+use carivis::train::features::MapWorker;
+use carivis::train::net::{BatchInput, Branch, BranchWeights, MapFeatures, TASK_NAMES};
+use carivis::train::onnx::{DescriptorModel, encode, read_model, write_model};
+use carivis::types::RgbImage;
+use common::{cpu_runtime, data_dir, max_abs_diff, models_dir, repo_file};
+
+fn descriptor() -> DescriptorModel {
+    let path = models_dir().join("dlib_resnet_v1.onnx");
+    DescriptorModel::split(read_model(&path).unwrap(), &path).unwrap()
+}
+
+/// dlib's own astronaut chip, its mirror image, and the largest face of a few real photos and
+/// caricatures when the shared data is there.
+fn real_chips(worker: &mut MapWorker) -> Vec<RgbImage> {
+    let chip = load_image(&repo_file("tests/golden/dlib_astronaut_chip.png")).unwrap();
+    let mut chips = vec![image::imageops::flip_horizontal(&chip), chip];
+    if let Some(data) = data_dir("train::real_chips (extra chips)") {
+        for file in [
+            "cavi/Real/Aamir_Khan/Aamir_Khan_r_0.jpg",
+            "cavi/Caricature/Aamir_Khan/Aamir_Khan_c_1.jpg",
+            "faces/face_recognition/examples/obama.jpg",
+        ] {
+            let image = load_image(&data.join(file)).unwrap();
+            if let Some(chip) = worker.chip(&image).unwrap() {
+                chips.push(chip);
+            }
+        }
+    }
+    chips
+}
+
+/// A map worker running the trunk cut from the dlib model, written to `dir`.
+fn trunk_worker(descriptor: &DescriptorModel, dir: &Path) -> MapWorker {
+    let trunk = dir.join("trunk.onnx");
+    std::fs::write(&trunk, encode(&descriptor.trunk())).unwrap();
+    MapWorker::open(
+        &cpu_runtime(),
+        &models_dir(),
+        &trunk,
+        DetectorConfig::default(),
+    )
+    .unwrap()
+}
+
+/// The trainer's embeddings (row-major) of `maps` through a branch with `weights`.
+fn branch_embeddings(weights: &BranchWeights, maps: &[MapFeatures]) -> Vec<f32> {
+    let device = candle_core::Device::Cpu;
+    let branch = Branch::new(weights, vec![0.0; 128 * 2], 2, None, &device).unwrap();
+    let refs: Vec<&MapFeatures> = maps.iter().collect();
+    let input = BatchInput::new(&refs, &device).unwrap();
+    let out = branch.forward(&input, None).unwrap();
+    out.embedding.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn perturbed(weights: &BranchWeights, rng: &mut Rng, scale: f32) -> BranchWeights {
+    let mut noisy =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|x| x + rng.normal() * scale).collect() };
+    BranchWeights {
+        w1: noisy(&weights.w1),
+        b1: noisy(&weights.b1),
+        w2: noisy(&weights.w2),
+        b2: noisy(&weights.b2),
+        wfc: noisy(&weights.wfc),
+    }
+}
+
+#[test]
+fn pretrained_block_on_trunk_maps_reproduces_the_dlib_descriptor() {
+    let descriptor = descriptor();
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = trunk_worker(&descriptor, dir.path());
+    let chips = real_chips(&mut worker);
+    let maps: Vec<MapFeatures> = worker
+        .maps(&chips)
+        .unwrap()
+        .iter()
+        .map(|m| MapFeatures::from_map(m))
+        .collect();
+    let pretrained = descriptor
+        .pretrained_branch(&models_dir().join("dlib_resnet_v1.onnx"))
+        .unwrap();
+    let ours = branch_embeddings(&pretrained, &maps);
+    let mut dlib =
+        Embedder::open(&cpu_runtime(), &models_dir().join("dlib_resnet_v1.onnx"), 8).unwrap();
+    let reference: Vec<f32> = dlib
+        .embed(&chips)
+        .unwrap()
+        .into_iter()
+        .flat_map(|e| e.shared)
+        .collect();
+    let diff = max_abs_diff(&ours, &reference);
+    eprintln!(
+        "{} chips: max |trainer block − dlib descriptor| = {diff:e}",
+        chips.len()
+    );
+    assert!(diff < 1e-4, "{diff}");
+}
+
+#[test]
+fn exported_model_reproduces_the_trainer_forward_pass() {
+    let descriptor = descriptor();
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = trunk_worker(&descriptor, dir.path());
+    let chips = real_chips(&mut worker);
+    let maps: Vec<MapFeatures> = worker
+        .maps(&chips)
+        .unwrap()
+        .iter()
+        .map(|m| MapFeatures::from_map(m))
+        .collect();
+    let pretrained = descriptor
+        .pretrained_branch(&models_dir().join("dlib_resnet_v1.onnx"))
+        .unwrap();
+    let mut rng = Rng::new(5);
+    let trained: Vec<BranchWeights> = (0..3)
+        .map(|_| perturbed(&pretrained, &mut rng, 0.01))
+        .collect();
+    let branches: Vec<(&str, &BranchWeights)> = TASK_NAMES.iter().copied().zip(&trained).collect();
+    let model = dir.path().join("multitask.onnx");
+    write_model(&descriptor.export(&branches), &model).unwrap();
+    let mut embedder = Embedder::open(&cpu_runtime(), &model, 8).unwrap();
+    assert!(embedder.is_multi_task());
+    let exported = embedder.embed(&chips).unwrap();
+    for (t, weights) in trained.iter().enumerate() {
+        let ours = branch_embeddings(weights, &maps);
+        let theirs: Vec<f32> = exported
+            .iter()
+            .flat_map(|e| match t {
+                0 => e.shared.clone(),
+                1 => e.photo.clone().unwrap(),
+                _ => e.caricature.clone().unwrap(),
+            })
+            .collect();
+        let diff = max_abs_diff(&ours, &theirs);
+        eprintln!(
+            "{}: {} chips, max |trainer − ONNX| = {diff:e}",
+            TASK_NAMES[t],
+            chips.len()
+        );
+        assert!(diff < 1e-4, "{}: {diff}", TASK_NAMES[t]);
+    }
+}
+
+fn train_command(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_carivis-train"))
+        .args(args)
+        .output()
+        .expect("carivis-train runs")
+}
+
+/// Runs carivis-train on a manifest with `rows` and returns its stderr after checking that
+/// it failed cleanly.
+fn refused(rows: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.csv");
+    std::fs::write(
+        &manifest,
+        format!("path,identity,modality,source,license\n{rows}"),
+    )
+    .unwrap();
+    let out = dir.path().join("m.onnx");
+    let output = train_command(&[
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("m.csv"),
+        "the message names the file: {stderr}"
+    );
+    assert!(!out.exists(), "nothing written on failure");
+    stderr
+}
+
+#[test]
+fn bad_manifests_are_refused_with_the_reason() {
+    assert!(refused("").contains("no pairs or images found"));
+    let unknown = refused("a.jpg,someone,sketch,x,y\n");
+    assert!(
+        unknown.contains("m.csv:2") && unknown.contains("unknown modality `sketch`"),
+        "{unknown}"
+    );
+    let missing = refused("nowhere/a.jpg,someone,photo,x,y\nnowhere/b.jpg,other,photo,x,y\n");
+    assert!(
+        missing.contains("2 of 2 listed images are missing"),
+        "{missing}"
+    );
+    let astronaut = repo_file("tests/golden/dlib_astronaut_chip.png");
+    let one = refused(&format!(
+        "{p},solo,photo,x,y\n{p},solo,caricature,x,y\n",
+        p = astronaut.display()
+    ));
+    assert!(one.contains("only one person"), "{one}");
+}
+
+/// A manifest of the first `people` CaVI identities with up to `per_modality` photos and
+/// caricatures each (absolute paths).
+fn small_cavi_manifest(data: &Path, dir: &Path, people: usize, per_modality: usize) -> PathBuf {
+    let text = std::fs::read_to_string(data.join("manifest.csv")).unwrap();
+    let mut kept: Vec<String> = Vec::new();
+    let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    let mut identities: Vec<String> = Vec::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.splitn(4, ',').collect();
+        let [path, identity, modality, _] = fields[..] else {
+            continue;
+        };
+        if !path.starts_with("cavi/") || !["photo", "caricature"].contains(&modality) {
+            continue;
+        }
+        if !identities.iter().any(|i| i == identity) {
+            if identities.len() == people {
+                continue;
+            }
+            identities.push(identity.to_string());
+        }
+        let n = counts
+            .entry((identity.into(), modality.into()))
+            .or_default();
+        if *n < per_modality {
+            *n += 1;
+            kept.push(format!(
+                "{},{identity},{modality}",
+                data.join(path).display()
+            ));
+        }
+    }
+    let manifest = dir.join("small.csv");
+    std::fs::write(
+        &manifest,
+        format!("path,identity,modality\n{}\n", kept.join("\n")),
+    )
+    .unwrap();
+    manifest
+}
+
+#[test]
+fn short_training_run_writes_a_model_logs_plots_and_resumes() {
+    let Some(data) = data_dir("train::short_training_run") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_cavi_manifest(&data, dir.path(), 6, 8);
+    let out = dir.path().join("models/small.onnx");
+    let cache = dir.path().join("cache");
+    let common = [
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--batch",
+        "32",
+        "--warmup-epochs",
+        "1",
+        "--validation-fraction",
+        "0.25",
+    ];
+    let first = train_command(&[&common[..], &["--epochs", "2"]].concat());
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("training on") && stdout.contains("of 6 people"),
+        "{stdout}"
+    );
+
+    let mut embedder = Embedder::open(&cpu_runtime(), &out, 8).unwrap();
+    assert!(embedder.is_multi_task());
+    let chip = load_image(&repo_file("tests/golden/dlib_astronaut_chip.png")).unwrap();
+    let e = embedder.embed(&[chip]).unwrap().remove(0);
+    for v in [
+        &e.shared,
+        e.photo.as_ref().unwrap(),
+        e.caricature.as_ref().unwrap(),
+    ] {
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+    let run = dir.path().join("models/small.onnx.train");
+    let steps = std::fs::read_to_string(run.join("steps.csv")).unwrap();
+    assert!(steps.starts_with("epoch,step,learning_rate,loss_shared"));
+    let rows = steps.lines().count() - 1;
+    assert!(rows >= 2, "{steps}");
+    for plot in ["losses.png", "weights.png"] {
+        let image = image::open(run.join(plot)).unwrap();
+        assert_eq!((image.width(), image.height()), (800, 600));
+    }
+    let readme = std::fs::read_to_string(dir.path().join("models/README.md")).unwrap();
+    assert!(
+        readme.contains("<!-- carivis-train: small.onnx -->") && readme.contains("sha256"),
+        "{readme}"
+    );
+
+    let resumed = train_command(&[&common[..], &["--epochs", "3", "--resume"]].concat());
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming at epoch 3"), "{stderr}");
+    let epochs = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
+    assert_eq!(epochs.lines().count(), 4, "header + 3 epochs: {epochs}");
+    let steps_after = std::fs::read_to_string(run.join("steps.csv")).unwrap();
+    assert!(steps_after.lines().count() - 1 > rows);
+}
