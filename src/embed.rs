@@ -20,6 +20,18 @@ pub const DLIB_SPEC: ModelSpec = ModelSpec {
 /// Output names of the multi-task model `carivis-train` exports.
 pub const MULTI_TASK_OUTPUTS: [&str; 3] = ["emb_shared", "emb_photo", "emb_caricature"];
 
+/// The multi-task model trained on CaVI by `carivis-train` (dlib trunk + shared, photo and
+/// caricature branches), each output N×128 and L2-normalised: the default embedder.
+pub const MULTI_TASK_SPEC: ModelSpec = ModelSpec {
+    file: "carivis_mtl.onnx",
+    input: "input",
+    input_shape: [-1, 3, 150, 150],
+    outputs: &MULTI_TASK_OUTPUTS,
+};
+
+/// The embedding model the commands use unless told otherwise.
+pub const DEFAULT_EMBEDDER: &str = MULTI_TASK_SPEC.file;
+
 /// Default number of chips per ONNX Runtime run.
 pub const DEFAULT_BATCH: usize = 8;
 

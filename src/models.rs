@@ -21,10 +21,11 @@ pub fn default_models_dir() -> PathBuf {
     beside_exe.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
 }
 
-/// Every model the default pipeline runs, in data-path order.
-pub const SHIPPED: [ModelSpec; 4] = [
+/// Every committed model, in data-path order (the pipeline runs MTCNN and one embedder).
+pub const SHIPPED: [ModelSpec; 5] = [
     detect::PNET_SPEC,
     detect::RNET_SPEC,
     detect::ONET_SPEC,
     embed::DLIB_SPEC,
+    embed::MULTI_TASK_SPEC,
 ];

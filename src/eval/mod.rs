@@ -263,7 +263,7 @@ fn thresholds_section(
     model: &ModelId,
     measured: BTreeMap<String, MeasuredThreshold>,
 ) -> ThresholdsSection {
-    let defaults = Thresholds::default();
+    let defaults = Thresholds::for_model(&model.file);
     let kept_at_default = MODALITIES
         .iter()
         .flat_map(|&p| MODALITIES.map(|e| (p, e)))

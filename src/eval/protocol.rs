@@ -2,7 +2,7 @@
 //! labelled image lists (a manifest CSV or a folder layout), and resolving the paths they name
 //! against the files on disk, ignoring letter case where the exact path is missing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::types::Modality;
@@ -351,6 +351,55 @@ pub fn read_layout(dir: &Path) -> Result<Vec<LabelledImage>, ProtocolError> {
     Ok(images)
 }
 
+/// The images named by pair files, as indexes into `images`, and how many named paths matched
+/// no image. Paths are matched on their trailing components, ignoring case and, for names
+/// without extension (WebCaricature), the extension.
+pub fn named_by_pairs(
+    images: &[LabelledImage],
+    pair_files: &[PathBuf],
+) -> Result<(HashSet<usize>, usize), ProtocolError> {
+    let mut named: HashSet<String> = HashSet::new();
+    for file in pair_files {
+        let (_, pairs) = read_pairs(file, None)?;
+        for pair in pairs {
+            named.insert(pair.a.path.to_lowercase());
+            named.insert(pair.b.path.to_lowercase());
+        }
+    }
+    let depth = |p: &str| p.matches('/').count() + 1;
+    let depths: BTreeSet<usize> = named.iter().map(|p| depth(p)).collect();
+    let mut found = HashSet::new();
+    let mut matched_names = HashSet::new();
+    for (i, image) in images.iter().enumerate() {
+        let path = image
+            .path
+            .to_string_lossy()
+            .replace('\\', "/")
+            .to_lowercase();
+        for &d in &depths {
+            let tail = trailing_components(&path, d);
+            let stem = tail.rsplit_once('.').map_or(tail, |(s, _)| s);
+            if let Some(name) = [tail, stem].into_iter().find(|k| named.contains(*k)) {
+                found.insert(i);
+                matched_names.insert(name.to_string());
+            }
+        }
+    }
+    Ok((found, named.len() - matched_names.len()))
+}
+
+/// The last `n` `/`-separated components of `path`.
+fn trailing_components(path: &str, n: usize) -> &str {
+    let mut start = path.len();
+    for _ in 0..n {
+        match path[..start].rfind('/') {
+            Some(i) => start = i,
+            None => return path,
+        }
+    }
+    &path[start + 1..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +467,38 @@ mod tests {
         let images = read_layout(dir.path()).unwrap();
         assert_eq!(images[0].identity, "ann");
         assert_eq!(images[0].modality, Modality::Photo);
+    }
+
+    fn labelled_image(path: &str, identity: &str, modality: Modality) -> LabelledImage {
+        LabelledImage {
+            path: PathBuf::from(path),
+            identity: identity.into(),
+            modality,
+        }
+    }
+
+    #[test]
+    fn trailing_components_of_paths() {
+        assert_eq!(trailing_components("a/b/c/d.jpg", 3), "b/c/d.jpg");
+        assert_eq!(trailing_components("c/d.jpg", 3), "c/d.jpg");
+    }
+
+    #[test]
+    fn pair_files_exclude_their_images_ignoring_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = dir.path().join("pairs.txt");
+        std::fs::write(
+            &pairs,
+            "a Caricature/A\\a_c_1.jpg a Real/a\\a_r_1.jpg 1\nb Caricature/b\\b_c_9.jpg a Real/a\\a_r_1.jpg 0\n",
+        )
+        .unwrap();
+        let images = vec![
+            labelled_image("/d/cavi/Caricature/a/a_c_1.jpg", "a", Modality::Caricature),
+            labelled_image("/d/cavi/Real/a/a_r_1.jpg", "a", Modality::Photo),
+            labelled_image("/d/cavi/Real/a/a_r_2.jpg", "a", Modality::Photo),
+        ];
+        let (found, unmatched) = named_by_pairs(&images, &[pairs]).unwrap();
+        assert_eq!(found, HashSet::from([0, 1]));
+        assert_eq!(unmatched, 1);
     }
 }

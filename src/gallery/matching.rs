@@ -76,10 +76,20 @@ impl Thresholds {
     }
 }
 
-impl Default for Thresholds {
-    /// Calibrated for the dlib descriptor (L2-normalised) at a false-accept rate of 1% on CaVI
-    /// by `carivis eval` (reports in `eval-results/`).
-    fn default() -> Self {
+impl Thresholds {
+    /// The thresholds calibrated for a committed model, by file name: FAR 1% on CaVI images
+    /// the model never trained on (`eval-results/`). Any other model gets the default model's;
+    /// calibrate it with `carivis eval` and `carivis gallery set-thresholds`.
+    pub fn for_model(file: &str) -> Self {
+        if file == DLIB_MODEL_FILE {
+            Self::dlib()
+        } else {
+            Self::default()
+        }
+    }
+
+    /// Calibrated for the dlib descriptor (L2-normalised).
+    pub fn dlib() -> Self {
         Self {
             photo_to_photo: DLIB_PHOTO_THRESHOLD,
             photo_to_caricature: DLIB_CROSS_THRESHOLD,
@@ -88,6 +98,22 @@ impl Default for Thresholds {
         }
     }
 }
+
+impl Default for Thresholds {
+    /// Calibrated for the default embedder, the multi-task model `carivis_mtl.onnx` (photo
+    /// branch for photo↔photo, caricature branch for caricature↔caricature, shared across).
+    fn default() -> Self {
+        Self {
+            photo_to_photo: MTL_PHOTO_THRESHOLD,
+            photo_to_caricature: MTL_CROSS_THRESHOLD,
+            caricature_to_photo: MTL_CROSS_THRESHOLD,
+            caricature_to_caricature: MTL_CARICATURE_THRESHOLD,
+        }
+    }
+}
+
+/// File name of the dlib descriptor model, whose thresholds differ from the default model's.
+const DLIB_MODEL_FILE: &str = "dlib_resnet_v1.onnx";
 
 /// Photo↔photo cosine threshold for the dlib descriptor: FAR 1% over every same-person CaVI
 /// photo pair and 200k different-person pairs (`eval-results/identify-five-point`).
@@ -98,6 +124,15 @@ pub const DLIB_CROSS_THRESHOLD: f32 = 0.9101;
 /// Caricature↔caricature cosine threshold: FAR 1% over CaVI caricature pairs
 /// (`eval-results/identify-five-point`).
 pub const DLIB_CARICATURE_THRESHOLD: f32 = 0.9262;
+/// Photo↔photo threshold of the multi-task model's photo branch: FAR 1% over the photos of
+/// CaVI `testing_1.txt`, which it never trained on (`eval-results/identify-mtl`).
+pub const MTL_PHOTO_THRESHOLD: f32 = 0.4501;
+/// Caricature↔photo threshold of its shared branch: FAR 1% on the pairs of `testing_1.txt`
+/// (`eval-results/verify-mtl`).
+pub const MTL_CROSS_THRESHOLD: f32 = 0.4453;
+/// Caricature↔caricature threshold of its caricature branch: FAR 1% over the caricatures of
+/// `testing_1.txt` (`eval-results/identify-mtl`).
+pub const MTL_CARICATURE_THRESHOLD: f32 = 0.4764;
 
 /// One neighbour found for a probe: which entry, in which direction, how similar.
 #[derive(Clone, Copy, Debug, PartialEq)]

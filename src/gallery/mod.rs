@@ -150,10 +150,14 @@ impl Gallery {
         }
         std::fs::create_dir_all(dir).map_err(|e| GalleryError::io(dir, e))?;
         let lock = store::lock(dir)?;
+        let settings = Settings {
+            thresholds: Thresholds::for_model(&model.file),
+            ..Settings::default()
+        };
         let mut manifest = Manifest {
             format: store::FORMAT_VERSION,
             model,
-            settings: Settings::default(),
+            settings,
             embeddings: store::EmbeddingsFile {
                 file: String::new(),
                 rows: 0,

@@ -3,10 +3,10 @@
 //! images excluded because an evaluation protocol names them.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{Rng, TrainError};
-use crate::eval::protocol::{LabelledImage, read_pairs};
+use crate::eval::protocol::LabelledImage;
 use crate::types::Modality;
 
 /// What each image is used for.
@@ -104,55 +104,6 @@ pub fn check_images(images: &[LabelledImage], source: &Path) -> Result<(), Train
     Ok(())
 }
 
-/// The images named by pair files, as indexes into `images`, and how many named paths matched
-/// no image. Paths are matched on their trailing components, ignoring case and, for names
-/// without extension (WebCaricature), the extension.
-pub fn named_by_pairs(
-    images: &[LabelledImage],
-    pair_files: &[PathBuf],
-) -> Result<(HashSet<usize>, usize), TrainError> {
-    let mut named: HashSet<String> = HashSet::new();
-    for file in pair_files {
-        let (_, pairs) = read_pairs(file, None).map_err(|e| TrainError::Data(e.to_string()))?;
-        for pair in pairs {
-            named.insert(pair.a.path.to_lowercase());
-            named.insert(pair.b.path.to_lowercase());
-        }
-    }
-    let depth = |p: &str| p.matches('/').count() + 1;
-    let depths: BTreeSet<usize> = named.iter().map(|p| depth(p)).collect();
-    let mut found = HashSet::new();
-    let mut matched_names = HashSet::new();
-    for (i, image) in images.iter().enumerate() {
-        let path = image
-            .path
-            .to_string_lossy()
-            .replace('\\', "/")
-            .to_lowercase();
-        for &d in &depths {
-            let tail = trailing_components(&path, d);
-            let stem = tail.rsplit_once('.').map_or(tail, |(s, _)| s);
-            if let Some(name) = [tail, stem].into_iter().find(|k| named.contains(*k)) {
-                found.insert(i);
-                matched_names.insert(name.to_string());
-            }
-        }
-    }
-    Ok((found, named.len() - matched_names.len()))
-}
-
-/// The last `n` `/`-separated components of `path`.
-fn trailing_components(path: &str, n: usize) -> &str {
-    let mut start = path.len();
-    for _ in 0..n {
-        match path[..start].rfind('/') {
-            Some(i) => start = i,
-            None => return path,
-        }
-    }
-    &path[start + 1..]
-}
-
 /// Assigns roles: `excluded` images first, then `holdout_identities` whole people (chosen by
 /// the seed), then per person and modality a `validation_fraction` of the rest.
 pub fn split(
@@ -233,35 +184,10 @@ mod tests {
 
     fn image(path: &str, identity: &str, modality: Modality) -> LabelledImage {
         LabelledImage {
-            path: PathBuf::from(path),
+            path: std::path::PathBuf::from(path),
             identity: identity.into(),
             modality,
         }
-    }
-
-    #[test]
-    fn trailing_components_of_paths() {
-        assert_eq!(trailing_components("a/b/c/d.jpg", 3), "b/c/d.jpg");
-        assert_eq!(trailing_components("c/d.jpg", 3), "c/d.jpg");
-    }
-
-    #[test]
-    fn pair_files_exclude_their_images_ignoring_case() {
-        let dir = tempfile::tempdir().unwrap();
-        let pairs = dir.path().join("pairs.txt");
-        std::fs::write(
-            &pairs,
-            "a Caricature/A\\a_c_1.jpg a Real/a\\a_r_1.jpg 1\nb Caricature/b\\b_c_9.jpg a Real/a\\a_r_1.jpg 0\n",
-        )
-        .unwrap();
-        let images = vec![
-            image("/d/cavi/Caricature/a/a_c_1.jpg", "a", Modality::Caricature),
-            image("/d/cavi/Real/a/a_r_1.jpg", "a", Modality::Photo),
-            image("/d/cavi/Real/a/a_r_2.jpg", "a", Modality::Photo),
-        ];
-        let (found, unmatched) = named_by_pairs(&images, &[pairs]).unwrap();
-        assert_eq!(found, HashSet::from([0, 1]));
-        assert_eq!(unmatched, 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use clap::Args;
 
 use carivis::align::AlignMode;
 use carivis::detect::{DetectorConfig, Mtcnn};
-use carivis::embed::{DEFAULT_BATCH, DLIB_SPEC, Embedder};
+use carivis::embed::{DEFAULT_BATCH, DEFAULT_EMBEDDER, Embedder};
 use carivis::models::default_models_dir;
 use carivis::pipeline::still::StillFaces;
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
@@ -114,7 +114,7 @@ impl AlignerArgs {
 #[derive(Args, Clone)]
 pub struct RecognizerArgs {
     /// Embedding model (ONNX): the dlib descriptor, or a multi-task model from carivis-train
-    /// [default: MODELS/dlib_resnet_v1.onnx].
+    /// [default: MODELS/carivis_mtl.onnx].
     #[arg(long, value_name = "FILE")]
     pub embedder: Option<PathBuf>,
     /// Chips per embedding run.
@@ -133,7 +133,7 @@ impl RecognizerArgs {
     pub fn embedder_path(&self) -> PathBuf {
         self.embedder
             .clone()
-            .unwrap_or_else(|| self.runtime.models_dir().join(DLIB_SPEC.file))
+            .unwrap_or_else(|| self.runtime.models_dir().join(DEFAULT_EMBEDDER))
     }
 
     /// Opens detector, aligner and embedder.

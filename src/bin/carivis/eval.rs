@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::args::RecognizerArgs;
 use carivis::eval::cache::default_cache_dir;
 use carivis::eval::identify::IdentifyOptions;
-use carivis::eval::protocol::{PairFormat, read_layout, read_manifest};
+use carivis::eval::protocol::{
+    LabelledImage, PairFormat, named_by_pairs, read_layout, read_manifest,
+};
 use carivis::eval::{
     BranchChoice, Faces, IdentifyInput, ImageSummary, VerifyInput, identify, plots, verify,
 };
@@ -77,6 +79,10 @@ pub struct IdentifyArgs {
     /// With --manifest: only rows whose path starts with PREFIX (e.g. `cavi/`).
     #[arg(long, value_name = "PREFIX")]
     only: Option<String>,
+    /// Only the images named by this pair file (repeatable): identification among images a
+    /// trained model never saw (e.g. CaVI's testing_1.txt, which carivis-train excludes).
+    #[arg(long, value_name = "FILE")]
+    only_pairs: Vec<PathBuf>,
     /// Random probe/gallery splits.
     #[arg(long, default_value_t = 10)]
     splits: usize,
@@ -264,6 +270,7 @@ fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
         (None, Some(dir)) => (dir.clone(), read_layout(dir)?),
         (None, None) => anyhow::bail!("give --manifest CSV or --layout DIR"),
     };
+    let images = only_named_by(images, &args.only_pairs)?;
     let input = IdentifyInput {
         source,
         images,
@@ -330,4 +337,24 @@ fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
         eprintln!("warning: {e}");
     }
     write_report(&args.common, &report, "identify", started)
+}
+
+/// The images named by the pair files (all of them when none is given).
+fn only_named_by(images: Vec<LabelledImage>, pair_files: &[PathBuf]) -> Result<Vec<LabelledImage>> {
+    if pair_files.is_empty() {
+        return Ok(images);
+    }
+    let (named, unmatched) = named_by_pairs(&images, pair_files)?;
+    if named.is_empty() {
+        anyhow::bail!("none of the labelled images is named by the pair files");
+    }
+    if unmatched > 0 {
+        eprintln!("{unmatched} images named by the pair files are not among the labelled images");
+    }
+    Ok(images
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| named.contains(i))
+        .map(|(_, image)| image)
+        .collect())
 }

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{RecognizerArgs, RuntimeArgs, open_embedder, parse_floats};
 use carivis::capture::{IMAGE_EXTENSIONS, images_in, load_image};
-use carivis::embed::DLIB_SPEC;
+use carivis::embed::DEFAULT_EMBEDDER;
 use carivis::eval::{apply_thresholds, read_thresholds};
 use carivis::gallery::store::Enrolment;
 use carivis::gallery::{Gallery, NewEntry};
@@ -22,7 +22,7 @@ pub enum GalleryCommand {
     Create {
         /// The gallery folder.
         dir: PathBuf,
-        /// Embedding model [default: MODELS/dlib_resnet_v1.onnx].
+        /// Embedding model [default: MODELS/carivis_mtl.onnx].
         #[arg(long, value_name = "FILE")]
         embedder: Option<PathBuf>,
         #[command(flatten)]
@@ -113,7 +113,7 @@ pub fn shown(name: &str) -> String {
 }
 
 fn create(dir: &Path, embedder: Option<PathBuf>, runtime: &RuntimeArgs) -> Result<ExitCode> {
-    let path = embedder.unwrap_or_else(|| runtime.models_dir().join(DLIB_SPEC.file));
+    let path = embedder.unwrap_or_else(|| runtime.models_dir().join(DEFAULT_EMBEDDER));
     let embedder = open_embedder(&runtime.runtime()?, &path, 1)?;
     let model = model_id(&embedder);
     Gallery::create(dir, model.clone())?;

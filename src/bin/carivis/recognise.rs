@@ -172,9 +172,9 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let (a, b) = (largest(&args.a)?, largest(&args.b)?);
     let branch = Branch::for_pair(args.modality_a, args.modality_b, multi_task);
     let similarity = carivis::gallery::index::dot(pick(&a, branch), pick(&b, branch));
-    let threshold = args
-        .threshold
-        .unwrap_or_else(|| Thresholds::default().get(args.modality_a, args.modality_b));
+    let threshold = args.threshold.unwrap_or_else(|| {
+        Thresholds::for_model(&faces.model_id().file).get(args.modality_a, args.modality_b)
+    });
     let same = similarity >= threshold;
     if args.json {
         let value = serde_json::json!({
