@@ -10,12 +10,14 @@ use std::process::Command;
 use carivis::capture::load_image;
 use carivis::detect::DetectorConfig;
 use carivis::embed::Embedder;
+use carivis::embed::{DLIB_SPEC, MULTI_TASK_SPEC};
+use carivis::eval::{BranchChoice, Faces, VerifyInput, verify};
 use carivis::train::Rng;
 use carivis::train::features::MapWorker;
 use carivis::train::net::{BatchInput, Branch, BranchWeights, MapFeatures, TASK_NAMES};
 use carivis::train::onnx::{DescriptorModel, encode, read_model, write_model};
 use carivis::types::RgbImage;
-use common::{cpu_runtime, data_dir, max_abs_diff, models_dir, repo_file};
+use common::{cpu_runtime, data_dir, max_abs_diff, models_dir, repo_file, still_faces_with};
 
 fn descriptor() -> DescriptorModel {
     let path = models_dir().join("dlib_resnet_v1.onnx");
@@ -318,4 +320,40 @@ fn short_training_run_writes_a_model_logs_plots_and_resumes() {
     assert_eq!(epochs.lines().count(), 4, "header + 3 epochs: {epochs}");
     let steps_after = std::fs::read_to_string(run.join("steps.csv")).unwrap();
     assert!(steps_after.lines().count() - 1 > rows);
+}
+
+/// Verification AUC of a committed embedding model on every `step`-th pair of CaVI's
+/// testing_1.txt (pairs the multi-task model never trained on).
+fn testing_slice_auc(data: &Path, model: &str, step: usize) -> f64 {
+    let text = std::fs::read_to_string(data.join("cavi/protocol/testing_1.txt")).unwrap();
+    let slice: Vec<&str> = text.lines().step_by(step).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let pairs_file = dir.path().join("pairs.txt");
+    std::fs::write(&pairs_file, slice.join("\n")).unwrap();
+    let input = VerifyInput {
+        pairs_file,
+        root: data.join("cavi"),
+        format: None,
+        folds: 4,
+        fars: vec![0.01],
+        branch: BranchChoice::Auto,
+    };
+    let faces = Faces {
+        workers: vec![still_faces_with(0.0, model), still_faces_with(0.0, model)],
+        cache_dir: dir.path().join("cache"),
+        settings: "test five-point".into(),
+        bar: indicatif::ProgressBar::hidden(),
+    };
+    verify(&input, faces).unwrap().verification.auc
+}
+
+#[test]
+fn committed_multi_task_model_beats_dlib_on_unseen_cavi_pairs() {
+    let Some(data) = data_dir("train::committed_multi_task_model_beats_dlib") else {
+        return;
+    };
+    let dlib = testing_slice_auc(&data, DLIB_SPEC.file, 40);
+    let multi_task = testing_slice_auc(&data, MULTI_TASK_SPEC.file, 40);
+    eprintln!("every 40th testing_1 pair: AUC dlib {dlib:.4}, multi-task {multi_task:.4}");
+    assert!(multi_task > dlib, "multi-task {multi_task} vs dlib {dlib}");
 }

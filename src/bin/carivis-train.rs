@@ -261,6 +261,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             "before training (every branch = dlib's last block): validation caricature–photo AUC {:.4}, TAR@FAR1% {:.3}",
             before.cross_modal_auc, before.cross_modal_tar
         );
+        if let Some(holdout) = &prepared.holdout {
+            let unseen = trainer.validate(holdout, false)?;
+            println!(
+                "before training: unseen people caricature–photo AUC {:.4}, TAR@FAR1% {:.3}",
+                unseen.cross_modal_auc, unseen.cross_modal_tar
+            );
+        }
     }
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
@@ -331,8 +338,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             mean_weight[1],
             mean_weight[2],
             holdout.as_ref().map_or(String::new(), |h| format!(
-                " · unseen people AUC {:.4}",
-                h.cross_modal_auc
+                " · unseen people AUC {:.4}, TAR@FAR1% {:.3}",
+                h.cross_modal_auc, h.cross_modal_tar
             ))
         ));
         let improved = best

@@ -58,6 +58,11 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Detector (largest face only, with a grey `border`), five-point aligner and the dlib
 /// embedder, on the CPU.
 pub fn still_faces(border: f32) -> StillFaces {
+    still_faces_with(border, DLIB_SPEC.file)
+}
+
+/// As [`still_faces`], with the embedding model `model` from the models folder.
+pub fn still_faces_with(border: f32, model: &str) -> StillFaces {
     let runtime = cpu_runtime();
     let config = DetectorConfig {
         largest_only: true,
@@ -65,6 +70,6 @@ pub fn still_faces(border: f32) -> StillFaces {
         ..DetectorConfig::default()
     };
     let detector = Mtcnn::open(&runtime, &models_dir(), config).unwrap();
-    let embedder = Embedder::open(&runtime, &models_dir().join(DLIB_SPEC.file), 8).unwrap();
+    let embedder = Embedder::open(&runtime, &models_dir().join(model), 8).unwrap();
     StillFaces::new(detector, AlignMode::FivePoint, embedder)
 }
