@@ -9,6 +9,7 @@ pub mod detect;
 pub mod embed;
 pub mod eval;
 pub mod gallery;
+pub mod logging;
 pub mod models;
 pub mod pipeline;
 pub mod render;

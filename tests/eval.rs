@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use carivis::eval::protocol::{PairFormat, read_pairs};
-use carivis::eval::{BranchChoice, EvalError, Faces, VerifyInput, read_thresholds, verify};
+use carivis::eval::{EvalError, Faces, read_thresholds, verify};
 use indicatif::ProgressBar;
 
 /// Same-person pairs taken from the top of testing_1.txt, different-person ones from the end.
@@ -37,14 +37,7 @@ fn verification_on_a_slice_of_cavi_pairs() {
     let dir = tempfile::tempdir().unwrap();
     let pairs_file = dir.path().join("pairs.txt");
     std::fs::write(&pairs_file, slice.join("\n")).unwrap();
-    let input = VerifyInput {
-        pairs_file,
-        root: data.join("cavi"),
-        format: None,
-        folds: 4,
-        fars: vec![0.01],
-        branch: BranchChoice::Auto,
-    };
+    let input = common::cavi_pairs_input(&data, pairs_file);
     let cache = dir.path().join("cache");
     let report = verify(&input, faces(&cache)).unwrap();
     assert_eq!(report.dataset.format, PairFormat::Cavi);

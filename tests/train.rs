@@ -11,7 +11,7 @@ use carivis::capture::load_image;
 use carivis::detect::DetectorConfig;
 use carivis::embed::Embedder;
 use carivis::embed::{DLIB_SPEC, MULTI_TASK_SPEC};
-use carivis::eval::{BranchChoice, Faces, VerifyInput, verify};
+use carivis::eval::{Faces, verify};
 use carivis::train::Rng;
 use carivis::train::features::MapWorker;
 use carivis::train::net::{BatchInput, Branch, BranchWeights, MapFeatures, TASK_NAMES};
@@ -79,13 +79,19 @@ fn perturbed(weights: &BranchWeights, rng: &mut Rng, scale: f32) -> BranchWeight
     }
 }
 
-#[test]
-fn pretrained_block_on_trunk_maps_reproduces_the_dlib_descriptor() {
+/// The dlib model split for training, real chips, their trunk maps, and the pretrained block.
+struct RealMaps {
+    descriptor: DescriptorModel,
+    chips: Vec<RgbImage>,
+    maps: Vec<MapFeatures>,
+    pretrained: BranchWeights,
+}
+
+fn real_maps(dir: &Path) -> RealMaps {
     let descriptor = descriptor();
-    let dir = tempfile::tempdir().unwrap();
-    let mut worker = trunk_worker(&descriptor, dir.path());
+    let mut worker = trunk_worker(&descriptor, dir);
     let chips = real_chips(&mut worker);
-    let maps: Vec<MapFeatures> = worker
+    let maps = worker
         .maps(&chips)
         .unwrap()
         .iter()
@@ -94,6 +100,23 @@ fn pretrained_block_on_trunk_maps_reproduces_the_dlib_descriptor() {
     let pretrained = descriptor
         .pretrained_branch(&models_dir().join("dlib_resnet_v1.onnx"))
         .unwrap();
+    RealMaps {
+        descriptor,
+        chips,
+        maps,
+        pretrained,
+    }
+}
+
+#[test]
+fn pretrained_block_on_trunk_maps_reproduces_the_dlib_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let RealMaps {
+        chips,
+        maps,
+        pretrained,
+        ..
+    } = real_maps(dir.path());
     let ours = branch_embeddings(&pretrained, &maps);
     let mut dlib =
         Embedder::open(&cpu_runtime(), &models_dir().join("dlib_resnet_v1.onnx"), 8).unwrap();
@@ -113,19 +136,13 @@ fn pretrained_block_on_trunk_maps_reproduces_the_dlib_descriptor() {
 
 #[test]
 fn exported_model_reproduces_the_trainer_forward_pass() {
-    let descriptor = descriptor();
     let dir = tempfile::tempdir().unwrap();
-    let mut worker = trunk_worker(&descriptor, dir.path());
-    let chips = real_chips(&mut worker);
-    let maps: Vec<MapFeatures> = worker
-        .maps(&chips)
-        .unwrap()
-        .iter()
-        .map(|m| MapFeatures::from_map(m))
-        .collect();
-    let pretrained = descriptor
-        .pretrained_branch(&models_dir().join("dlib_resnet_v1.onnx"))
-        .unwrap();
+    let RealMaps {
+        descriptor,
+        chips,
+        maps,
+        pretrained,
+    } = real_maps(dir.path());
     let mut rng = Rng::new(5);
     let trained: Vec<BranchWeights> = (0..3)
         .map(|_| perturbed(&pretrained, &mut rng, 0.01))
@@ -330,14 +347,7 @@ fn testing_slice_auc(data: &Path, model: &str, step: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let pairs_file = dir.path().join("pairs.txt");
     std::fs::write(&pairs_file, slice.join("\n")).unwrap();
-    let input = VerifyInput {
-        pairs_file,
-        root: data.join("cavi"),
-        format: None,
-        folds: 4,
-        fars: vec![0.01],
-        branch: BranchChoice::Auto,
-    };
+    let input = common::cavi_pairs_input(data, pairs_file);
     let faces = Faces {
         workers: vec![still_faces_with(0.0, model), still_faces_with(0.0, model)],
         cache_dir: dir.path().join("cache"),

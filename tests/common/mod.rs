@@ -73,3 +73,16 @@ pub fn still_faces_with(border: f32, model: &str) -> StillFaces {
     let embedder = Embedder::open(&runtime, &models_dir().join(model), 8).unwrap();
     StillFaces::new(detector, AlignMode::FivePoint, embedder)
 }
+
+/// Verification settings for a CaVI pair file under `data`: 4 folds, TAR at FAR 1%, the
+/// automatic branch.
+pub fn cavi_pairs_input(data: &Path, pairs_file: PathBuf) -> carivis::eval::VerifyInput {
+    carivis::eval::VerifyInput {
+        pairs_file,
+        root: data.join("cavi"),
+        format: None,
+        folds: 4,
+        fars: vec![0.01],
+        branch: carivis::eval::BranchChoice::Auto,
+    }
+}
