@@ -76,6 +76,22 @@ pub struct Face {
     pub landmarks: Landmarks,
 }
 
+impl Face {
+    /// A "face" covering the whole image (for images where the detector finds none).
+    pub fn covering(image: &RgbImage) -> Self {
+        Self {
+            bbox: FaceBox {
+                x1: 0.0,
+                y1: 0.0,
+                x2: image.width() as f32,
+                y2: image.height() as f32,
+            },
+            score: 1.0,
+            landmarks: [[0.0; 2]; 5],
+        }
+    }
+}
+
 mod box_as_array {
     use super::FaceBox;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -53,6 +53,7 @@ fn trunk_worker(descriptor: &DescriptorModel, dir: &Path) -> MapWorker {
         &models_dir(),
         &trunk,
         DetectorConfig::default(),
+        false,
     )
     .unwrap()
 }

@@ -139,6 +139,10 @@ struct Cli {
     /// Continue from the run folder's checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Images where the detector finds no face: train on the whole image as the chip (what
+    /// `carivis eval` and galleries' `--whole-image` do), or skip them.
+    #[arg(long, value_enum, default_value_t = NoFace::WholeImage)]
+    no_face: NoFace,
     /// Threads that detect faces and run the trunk (each also uses one ONNX Runtime thread).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -160,6 +164,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to do with images without a detected face.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum NoFace {
+    /// Use the whole image as the chip.
+    WholeImage,
+    /// Leave the image out.
+    Skip,
 }
 
 /// The validation figure that chooses the exported epoch.
@@ -489,10 +502,16 @@ fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
     let trunk_bytes = encode(&descriptor.trunk());
     let trunk_sha256 = sha256_hex(&trunk_bytes);
     let cache_root = cli.cache.clone().unwrap_or_else(default_cache_root);
+    let whole_image = matches!(cli.no_face, NoFace::WholeImage);
     let settings = format!(
-        "{:?} five-point {}",
+        "{:?} five-point {}{}",
         DetectorConfig::default(),
-        carivis::train::features::CHIP_SIZE
+        carivis::train::features::CHIP_SIZE,
+        if whole_image {
+            " whole image when no face"
+        } else {
+            ""
+        }
     );
     let cache = MapCache::new(&cache_root, &trunk_sha256, &settings);
     let trunk_path = cache.dir().join("trunk.onnx");
@@ -505,6 +524,7 @@ fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
     for (&i, outcome) in wanted.iter().zip(&maps) {
         let kind = match outcome {
             ImageMaps::Face(_) => "face",
+            ImageMaps::WholeImage(_) => "whole image (no face)",
             ImageMaps::NoFace => "no face",
             ImageMaps::Failed(e) => {
                 tracing::warn!("{e}");
@@ -524,7 +544,11 @@ fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
             modalities: Vec::new(),
         };
         for i in dataset.with_role(role) {
-            if let (Some(ImageMaps::Face(pair)), Some(l)) = (by_image.get(&i), label(i)) {
+            let pair = match by_image.get(&i) {
+                Some(ImageMaps::Face(pair) | ImageMaps::WholeImage(pair)) => Some(pair),
+                _ => None,
+            };
+            if let (Some(pair), Some(l)) = (pair, label(i)) {
                 ex.maps.push([
                     MapFeatures::from_map(&pair[0]),
                     MapFeatures::from_map(&pair[1]),
@@ -612,13 +636,22 @@ fn compute_maps(
     trunk: &Path,
     stop: &AtomicBool,
 ) -> Result<Vec<ImageMaps>> {
+    let whole_image = matches!(cli.no_face, NoFace::WholeImage);
     let runtime = Runtime::init(RuntimeConfig {
         device: Device::Auto,
         intra_threads: 1,
     })?;
     let models = models_dir(cli);
     let workers = (0..cli.jobs.max(1))
-        .map(|_| MapWorker::open(&runtime, &models, trunk, DetectorConfig::default()))
+        .map(|_| {
+            MapWorker::open(
+                &runtime,
+                &models,
+                trunk,
+                DetectorConfig::default(),
+                whole_image,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let paths: Vec<PathBuf> = wanted
         .iter()

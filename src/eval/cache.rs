@@ -14,7 +14,7 @@ use super::EvalError;
 use crate::capture::load_image;
 use crate::pipeline::still::StillFaces;
 use crate::runtime::sha256_hex;
-use crate::types::{Embedding, FaceBox, RgbImage};
+use crate::types::{Embedding, Face, RgbImage};
 
 /// New records between two saves of the cache during a run.
 const SAVE_EVERY: usize = 1000;
@@ -144,13 +144,9 @@ pub fn face_record(faces: &mut StillFaces, image: &RgbImage) -> Result<FaceRecor
             embedding: face.embedding,
         });
     }
-    let whole = FaceBox {
-        x1: 0.0,
-        y1: 0.0,
-        x2: image.width() as f32,
-        y2: image.height() as f32,
-    };
-    let embedding = faces.embed_box(image, whole).map_err(|e| e.to_string())?;
+    let embedding = faces
+        .embed_box(image, Face::covering(image).bbox)
+        .map_err(|e| e.to_string())?;
     Ok(FaceRecord {
         detected: false,
         embedding,

@@ -15,8 +15,9 @@ use crate::align::{AlignMode, Aligner};
 use crate::capture::load_image;
 use crate::detect::{DetectorConfig, Mtcnn};
 use crate::embed::chips_tensor;
+use crate::pipeline::still::BOX_MARGIN;
 use crate::runtime::{Model, Runtime, sha256_hex};
-use crate::types::RgbImage;
+use crate::types::{Face, RgbImage};
 
 /// Side of the chips the trunk takes.
 pub const CHIP_SIZE: u32 = 150;
@@ -29,7 +30,9 @@ pub type MapPair = [Vec<f32>; 2];
 pub enum ImageMaps {
     /// A face was found; its two maps.
     Face(Box<MapPair>),
-    /// The detector found no face.
+    /// No face was found; the maps of the whole image as a chip (as `carivis eval` embeds it).
+    WholeImage(Box<MapPair>),
+    /// The detector found no face (and the whole image was not wanted).
     NoFace,
     /// The image could not be read (the message says why).
     Failed(String),
@@ -65,15 +68,20 @@ impl MapCache {
     /// The cached outcome of an image, if any (an unreadable cache file counts as absent).
     pub fn get(&self, image_sha256: &str) -> Option<ImageMaps> {
         let bytes = std::fs::read(self.file(image_sha256)).ok()?;
+        let maps_len = 2 * TRUNK_LEN * 4;
+        let pair = |bytes: &[u8]| -> Box<MapPair> {
+            let floats: Vec<f32> = bytes[..maps_len]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let (a, b) = floats.split_at(TRUNK_LEN);
+            Box::new([a.to_vec(), b.to_vec()])
+        };
         match bytes.len() {
             0 => Some(ImageMaps::NoFace),
-            n if n == 2 * TRUNK_LEN * 4 => {
-                let floats: Vec<f32> = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                let (a, b) = floats.split_at(TRUNK_LEN);
-                Some(ImageMaps::Face(Box::new([a.to_vec(), b.to_vec()])))
+            n if n == maps_len => Some(ImageMaps::Face(pair(&bytes))),
+            n if n == maps_len + 1 && bytes[maps_len] == WHOLE_IMAGE_MARK => {
+                Some(ImageMaps::WholeImage(pair(&bytes)))
             }
             _ => None,
         }
@@ -81,11 +89,18 @@ impl MapCache {
 
     /// Stores an outcome (failures are not cached).
     pub fn put(&self, image_sha256: &str, maps: &ImageMaps) -> Result<(), TrainError> {
-        let bytes: Vec<u8> = match maps {
-            ImageMaps::Face(pair) => pair
-                .iter()
+        let floats = |pair: &MapPair| -> Vec<u8> {
+            pair.iter()
                 .flat_map(|m| m.iter().flat_map(|v| v.to_le_bytes()))
-                .collect(),
+                .collect()
+        };
+        let bytes: Vec<u8> = match maps {
+            ImageMaps::Face(pair) => floats(pair),
+            ImageMaps::WholeImage(pair) => {
+                let mut bytes = floats(pair);
+                bytes.push(WHOLE_IMAGE_MARK);
+                bytes
+            }
             ImageMaps::NoFace => Vec::new(),
             ImageMaps::Failed(_) => return Ok(()),
         };
@@ -93,21 +108,27 @@ impl MapCache {
     }
 }
 
-/// One worker's models: detector, aligner and trunk.
+/// Last byte of a cache file holding whole-image maps.
+const WHOLE_IMAGE_MARK: u8 = b'W';
+
+/// One worker's models: detector, aligners and trunk.
 pub struct MapWorker {
     detector: Mtcnn,
     aligner: Aligner,
+    whole_image: Option<Aligner>,
     trunk: Model,
     trunk_input: String,
 }
 
 impl MapWorker {
-    /// Opens MTCNN from `models_dir` (largest face only) and the trunk model file.
+    /// Opens MTCNN from `models_dir` (largest face only) and the trunk model file; with
+    /// `whole_image`, an image without a face is used whole (crop-only, as evaluation does).
     pub fn open(
         runtime: &Runtime,
         models_dir: &Path,
         trunk: &Path,
         detector: DetectorConfig,
+        whole_image: bool,
     ) -> Result<Self, TrainError> {
         let detector = Mtcnn::open(
             runtime,
@@ -129,6 +150,8 @@ impl MapWorker {
         Ok(Self {
             detector,
             aligner: Aligner::new(AlignMode::FivePoint, CHIP_SIZE),
+            whole_image: whole_image
+                .then(|| Aligner::new(AlignMode::CropOnly { margin: BOX_MARGIN }, CHIP_SIZE)),
             trunk,
             trunk_input,
         })
@@ -168,19 +191,29 @@ impl MapWorker {
     pub fn image_maps(&mut self, path: &Path) -> ImageMaps {
         let outcome = load_image(path)
             .map_err(|e| e.to_string())
-            .and_then(|image| self.chip(&image))
-            .and_then(|chip| match chip {
-                None => Ok(ImageMaps::NoFace),
-                Some(chip) => {
-                    let mirrored = image::imageops::flip_horizontal(&chip);
-                    let mut maps = self.maps(&[chip, mirrored])?.into_iter();
-                    match (maps.next(), maps.next()) {
-                        (Some(a), Some(b)) => Ok(ImageMaps::Face(Box::new([a, b]))),
-                        _ => Err("the trunk output is not 256×4×4".to_string()),
+            .and_then(|image| match self.chip(&image)? {
+                Some(chip) => Ok(ImageMaps::Face(self.mirrored_pair(chip)?)),
+                None => match &self.whole_image {
+                    Some(aligner) => {
+                        let chip = aligner
+                            .align(&image, &Face::covering(&image))
+                            .map_err(|e| e.to_string())?;
+                        Ok(ImageMaps::WholeImage(self.mirrored_pair(chip)?))
                     }
-                }
+                    None => Ok(ImageMaps::NoFace),
+                },
             });
         outcome.unwrap_or_else(|e| ImageMaps::Failed(format!("{}: {e}", path.display())))
+    }
+
+    /// The maps of a chip and of its mirror image.
+    fn mirrored_pair(&mut self, chip: RgbImage) -> Result<Box<MapPair>, String> {
+        let mirrored = image::imageops::flip_horizontal(&chip);
+        let mut maps = self.maps(&[chip, mirrored])?.into_iter();
+        match (maps.next(), maps.next()) {
+            (Some(a), Some(b)) => Ok(Box::new([a, b])),
+            _ => Err("the trunk output is not 256×4×4".to_string()),
+        }
     }
 }
 
