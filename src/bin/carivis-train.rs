@@ -62,7 +62,7 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     exclude_pairs: Vec<PathBuf>,
     /// Share of each person's photos and caricatures held back to choose the epoch.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
     validation_fraction: f64,
     /// Leave this many whole people out of training, for an unseen-people check.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -107,8 +107,8 @@ struct Cli {
     centre_alpha: f32,
     /// Dropout before the projection (the original used 0.5; on CaVI it cost caricature
     /// accuracy, see models/README.md).
-    #[arg(long, default_value_t = 0.0)]
-    dropout: f32,
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    dropout: f64,
     /// RMSProp ε (the original used 1.0, which makes RMSProp plain momentum SGD for small
     /// gradients; 1e-8 adapts the step per parameter).
     #[arg(long, default_value_t = 1e-8)]
@@ -163,6 +163,15 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Parses a number in [0, 1).
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not in [0, 1)")),
+        Err(_) => Err(format!("{text:?} is not a number")),
     }
 }
 
@@ -448,7 +457,7 @@ fn train_options(cli: &Cli) -> TrainOptions {
         cosine_scale: cli.cosine_scale,
         centre_weight: cli.centre_weight,
         centre_alpha: cli.centre_alpha,
-        dropout: cli.dropout,
+        dropout: cli.dropout as f32,
         weighting: cli.weighting,
         rmsprop: RmsPropConfig {
             epsilon: cli.rmsprop_epsilon,
@@ -896,4 +905,17 @@ fn counts_text(counts: &serde_json::Value) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fractions_must_be_in_the_unit_interval() {
+        assert_eq!(fraction("0.25"), Ok(0.25));
+        assert_eq!(fraction("0"), Ok(0.0));
+        assert!(fraction("1").unwrap_err().contains("not in [0, 1)"));
+        assert!(fraction("half").unwrap_err().contains("not a number"));
+    }
 }
