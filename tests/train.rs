@@ -338,6 +338,37 @@ fn short_training_run_writes_a_model_logs_plots_and_resumes() {
     assert_eq!(epochs.lines().count(), 4, "header + 3 epochs: {epochs}");
     let steps_after = std::fs::read_to_string(run.join("steps.csv")).unwrap();
     assert!(steps_after.lines().count() - 1 > rows);
+
+    let long = Command::new(env!("CARGO_BIN_EXE_carivis-train"))
+        .args([&common[..], &["--epochs", "100000", "--resume"]].concat())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let epochs_file = run.join("epochs.csv");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&epochs_file)
+        .unwrap()
+        .lines()
+        .count()
+        < 6
+        && started.elapsed().as_secs() < 60
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let signalled = Command::new("kill")
+        .args(["-INT", &long.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let out = long.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: checkpoint saved"), "{stderr}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint.json")).unwrap())
+            .unwrap();
+    assert!(meta["next_epoch"].as_u64().unwrap() >= 5, "{meta}");
 }
 
 /// Verification AUC of a committed embedding model on every `step`-th pair of CaVI's
