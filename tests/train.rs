@@ -339,21 +339,36 @@ fn short_training_run_writes_a_model_logs_plots_and_resumes() {
     let steps_after = std::fs::read_to_string(run.join("steps.csv")).unwrap();
     assert!(steps_after.lines().count() - 1 > rows);
 
+    let again = train_command(&[&common[..], &["--epochs", "3"]].concat());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds a checkpoint") && stderr.contains("--restart"),
+        "{stderr}"
+    );
+    let changed =
+        train_command(&[&common[..], &["--epochs", "4", "--resume", "--lr", "0.5"]].concat());
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert_eq!(changed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("hyper-parameters differ"), "{stderr}");
+
     let long = Command::new(env!("CARGO_BIN_EXE_carivis-train"))
         .args([&common[..], &["--epochs", "100000", "--resume"]].concat())
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let epochs_file = run.join("epochs.csv");
     let started = std::time::Instant::now();
-    while std::fs::read_to_string(&epochs_file)
+    while std::fs::read_to_string(run.join("epochs.csv"))
         .unwrap()
         .lines()
         .count()
         < 6
-        && started.elapsed().as_secs() < 60
     {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "training did not progress"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let signalled = Command::new("kill")
@@ -368,7 +383,35 @@ fn short_training_run_writes_a_model_logs_plots_and_resumes() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint.json")).unwrap())
             .unwrap();
-    assert!(meta["next_epoch"].as_u64().unwrap() >= 5, "{meta}");
+    let next_epoch = meta["next_epoch"].as_u64().unwrap();
+    assert!(next_epoch >= 5, "{meta}");
+
+    let last = train_command(
+        &[
+            &common[..],
+            &["--epochs", &(next_epoch + 2).to_string(), "--resume"],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&last.stderr);
+    assert!(last.status.success(), "{stderr}");
+    let steps = std::fs::read_to_string(run.join("steps.csv")).unwrap();
+    let numbers: Vec<u64> = steps
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(steps.matches("epoch,step").count(), 1, "one header");
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1) && numbers[0] == 0,
+        "steps are numbered 0, 1, 2… without gaps or repeats after interrupt and resume"
+    );
+    let epochs = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
+    assert_eq!(
+        epochs.lines().count() as u64,
+        1 + next_epoch + 2,
+        "{epochs}"
+    );
 }
 
 /// Verification AUC of a committed embedding model on every `step`-th pair of CaVI's

@@ -27,8 +27,9 @@ use carivis::train::optim::RmsPropConfig;
 use carivis::train::report::{
     CsvLog, EPOCH_HEADER, epoch_row, plot_log, step_header, step_row, upsert_readme_section,
 };
-use carivis::train::trainer::{Examples, TrainOptions, Trainer, Validation};
+use carivis::train::trainer::{EpochProgress, Examples, TrainOptions, Trainer, Validation};
 use carivis::train::{Rng, write_atomically};
+use carivis::types::Modality;
 
 /// Train the multi-task photo/caricature embedding model (shared, photo and caricature
 /// branches on dlib's frozen trunk; softmax + centre loss per task; dynamic task weights) and
@@ -71,8 +72,8 @@ struct Cli {
     #[arg(long, default_value_t = 30)]
     epochs: usize,
     /// Images per step.
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(2..))]
+    batch: u32,
     /// Learning rate of the classifiers (the blocks use --block-lr-multiplier times it).
     #[arg(long, default_value_t = 0.001)]
     lr: f64,
@@ -137,8 +138,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Selection::Tar)]
     select: Selection,
     /// Continue from the run folder's checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "restart")]
     resume: bool,
+    /// Start over even though the run folder holds a checkpoint (which is replaced).
+    #[arg(long)]
+    restart: bool,
     /// Images where the detector finds no face: train on the whole image as the chip (what
     /// `carivis eval` and galleries' `--whole-image` do), or skip them.
     #[arg(long, value_enum, default_value_t = NoFace::WholeImage)]
@@ -206,13 +210,36 @@ impl Selection {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointMeta {
     options: TrainOptions,
+    data: DataRecord,
     classes: Vec<String>,
     next_epoch: usize,
+    /// Where the interrupted epoch `next_epoch` stands (`None` at an epoch boundary).
+    progress: Option<EpochProgress>,
     steps_done: usize,
     rng: Rng,
     best: Option<Best>,
     trunk_sha256: String,
+    /// The safetensors file (in the run folder) holding this checkpoint's tensors.
+    tensors: String,
     seconds: f64,
+}
+
+/// What decides which images train and validate; a resumed run must use the same.
+#[derive(Clone, PartialEq, Debug, serde::Serialize, serde::Deserialize)]
+struct DataRecord {
+    split: SplitOptions,
+    exclude_pairs: Vec<PathBuf>,
+    no_face: String,
+}
+
+impl DataRecord {
+    fn of(cli: &Cli) -> Self {
+        Self {
+            split: split_options(cli),
+            exclude_pairs: cli.exclude_pairs.clone(),
+            no_face: format!("{:?}", cli.no_face),
+        }
+    }
 }
 
 /// The best validation so far and the epoch that reached it.
@@ -248,11 +275,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         PathBuf::from(dir)
     });
     check_out_path(&cli.out)?;
-    let prepared = prepare(cli, &stop)?;
-    if stop.load(Ordering::SeqCst) {
+    let meta_path = run_dir.join("checkpoint.json");
+    let saved = saved_checkpoint(cli, &meta_path)?;
+    let Some(prepared) = prepare(cli, &stop)? else {
         eprintln!("interrupted while preparing; the cached maps are kept, run again to go on");
         return Ok(ExitCode::from(130));
-    }
+    };
     print_data_summary(&prepared);
     let options = train_options(cli);
     let mut trainer = Trainer::new(
@@ -260,14 +288,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         prepared.dataset.classes.len(),
         options,
     )?;
-    let checkpoint = run_dir.join("checkpoint.safetensors");
-    let meta_path = run_dir.join("checkpoint.json");
-    let (first_epoch, mut best, previous_seconds) = if cli.resume {
-        resume(&mut trainer, &checkpoint, &meta_path, &prepared)?
-    } else {
-        (0, None, 0.0)
+    let (first_epoch, mut progress, mut best, previous_seconds) = match saved {
+        Some(meta) => resume(&mut trainer, meta, &run_dir, &prepared)?,
+        None => (0, None, None, 0.0),
     };
-    if first_epoch == 0 {
+    if trainer.steps_done() == 0 {
         let before = trainer.validate(&prepared.validation, false)?;
         println!(
             "before training (every branch = dlib's last block): validation caricature–photo AUC {:.4}, TAR@FAR1% {:.3}",
@@ -286,45 +311,47 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     let mut steps = CsvLog::open(&run_dir.join("steps.csv"), &step_header(), !cli.resume)?;
     let mut epochs = CsvLog::open(&run_dir.join("epochs.csv"), EPOCH_HEADER, !cli.resume)?;
     let train_started = Instant::now();
-    let per_epoch = prepared.train.len().div_ceil(cli.batch.max(2));
+    let per_epoch = trainer.steps_per_epoch(&prepared.train);
     let bar = step_bar((cli.epochs.saturating_sub(first_epoch) * per_epoch) as u64);
     let mut interrupted = false;
     for epoch in first_epoch..cli.epochs {
         let epoch_started = Instant::now();
         let mut weight_sum = [0f64; 3];
         let mut step_count = 0usize;
-        let completed = trainer.train_epoch(epoch, &prepared.train, &stop, |r| {
-            for (s, w) in weight_sum.iter_mut().zip(r.weight) {
-                *s += f64::from(w);
-            }
-            step_count += 1;
-            if let Err(e) = steps.line(&step_row(r)) {
-                tracing::error!("{e}");
-            }
-            bar.set_message(format!(
-                "epoch {} loss {:.2}/{:.2}/{:.2} w {:.2}/{:.2}/{:.2}",
-                epoch + 1,
-                r.loss[0],
-                r.loss[1],
-                r.loss[2],
-                r.weight[0],
-                r.weight[1],
-                r.weight[2]
-            ));
-            bar.inc(1);
-        })?;
+        let mut epoch_progress = progress
+            .take()
+            .unwrap_or_else(|| trainer.start_epoch(&prepared.train));
+        bar.inc(epoch_progress.next_batch as u64);
+        let completed =
+            trainer.train_epoch(epoch, &prepared.train, &mut epoch_progress, &stop, |r| {
+                for (s, w) in weight_sum.iter_mut().zip(r.weight) {
+                    *s += f64::from(w);
+                }
+                step_count += 1;
+                if let Err(e) = steps.line(&step_row(r)) {
+                    tracing::error!("{e}");
+                }
+                bar.set_message(format!(
+                    "epoch {} loss {:.2}/{:.2}/{:.2} w {:.2}/{:.2}/{:.2}",
+                    epoch + 1,
+                    r.loss[0],
+                    r.loss[1],
+                    r.loss[2],
+                    r.weight[0],
+                    r.weight[1],
+                    r.weight[2]
+                ));
+                bar.inc(1);
+            })?;
         steps.flush()?;
         if !completed {
             interrupted = true;
-            save_checkpoint(
-                &trainer,
-                &checkpoint,
-                &meta_path,
-                &prepared,
-                epoch,
-                &best,
-                previous_seconds + started.elapsed().as_secs_f64(),
-            )?;
+            let position = Position {
+                next_epoch: epoch,
+                progress: Some(epoch_progress),
+                seconds: previous_seconds + started.elapsed().as_secs_f64(),
+            };
+            save_checkpoint(cli, &trainer, &run_dir, &prepared, position, &best)?;
             break;
         }
         let validation = trainer.validate(&prepared.validation, true)?;
@@ -358,29 +385,31 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             .as_ref()
             .is_none_or(|b: &Best| cli.select.score(&validation) > cli.select.score(&b.validation));
         if improved {
-            export(&prepared.descriptor, &trainer.branch_weights()?, &cli.out)?;
+            export(
+                &prepared.descriptor,
+                &trainer.branch_weights()?,
+                &run_dir.join(BEST_MODEL),
+            )?;
             best = Some(Best {
                 epoch,
                 validation,
                 holdout,
             });
         }
-        save_checkpoint(
-            &trainer,
-            &checkpoint,
-            &meta_path,
-            &prepared,
-            epoch + 1,
-            &best,
-            previous_seconds + started.elapsed().as_secs_f64(),
-        )?;
+        let position = Position {
+            next_epoch: epoch + 1,
+            progress: None,
+            seconds: previous_seconds + started.elapsed().as_secs_f64(),
+        };
+        save_checkpoint(cli, &trainer, &run_dir, &prepared, position, &best)?;
     }
     bar.finish_and_clear();
     let total_seconds = previous_seconds + started.elapsed().as_secs_f64();
     if interrupted {
         eprintln!(
-            "interrupted: checkpoint saved in {}; `--resume` goes on from the start of the interrupted epoch",
-            run_dir.display()
+            "interrupted: checkpoint saved in {}; `--resume` goes on from the next step ({} is unchanged)",
+            run_dir.display(),
+            cli.out.display()
         );
         return Ok(ExitCode::from(130));
     }
@@ -390,6 +419,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             cli.epochs
         );
     };
+    publish_best(&run_dir, &cli.out)?;
     let plots = plot_log(&run_dir.join("steps.csv"), &run_dir, per_epoch.max(1))?;
     let summary = summary_json(
         cli,
@@ -444,10 +474,18 @@ fn check_out_path(out: &Path) -> Result<()> {
     Ok(())
 }
 
+fn split_options(cli: &Cli) -> SplitOptions {
+    SplitOptions {
+        validation_fraction: cli.validation_fraction,
+        holdout_identities: cli.holdout_identities,
+        seed: cli.seed,
+    }
+}
+
 fn train_options(cli: &Cli) -> TrainOptions {
     TrainOptions {
         epochs: cli.epochs,
-        batch: cli.batch,
+        batch: cli.batch as usize,
         learning_rate: cli.lr,
         warmup_epochs: cli.warmup_epochs,
         lr_drop_epoch: cli.lr_drop_epoch,
@@ -468,8 +506,9 @@ fn train_options(cli: &Cli) -> TrainOptions {
     }
 }
 
-/// Reads the images, excludes, splits, and computes (or loads) every trunk map.
-fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
+/// Reads the images, excludes, splits, and computes (or loads) every trunk map; `None` when
+/// Ctrl-C stopped it.
+fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Option<Prepared>> {
     let (source, images) = read_images(cli)?;
     check_images(&images, &source)?;
     let (mut excluded, excluded_unmatched) = named_by_pairs(&images, &cli.exclude_pairs)?;
@@ -484,7 +523,9 @@ fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
             source.display()
         );
     }
-    let hashes = hash_images(&images)?;
+    let Some(hashes) = hash_images(&images, stop)? else {
+        return Ok(None);
+    };
     let excluded_hashes: HashSet<&String> = excluded.iter().map(|&i| &hashes[i]).collect();
     let copies: Vec<usize> = (0..images.len())
         .filter(|i| !excluded.contains(i) && excluded_hashes.contains(&hashes[*i]))
@@ -496,12 +537,7 @@ fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
         );
     }
     excluded.extend(copies);
-    let split_options = SplitOptions {
-        validation_fraction: cli.validation_fraction,
-        holdout_identities: cli.holdout_identities,
-        seed: cli.seed,
-    };
-    let dataset = split(images, &excluded, &split_options)?;
+    let dataset = split(images, &excluded, &split_options(cli))?;
     let base = cli
         .base
         .clone()
@@ -529,6 +565,9 @@ fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
         .filter(|&i| dataset.roles[i] != Role::Excluded)
         .collect();
     let maps = compute_maps(cli, &dataset, &wanted, &hashes, &cache, &trunk_path, stop)?;
+    if stop.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
     let mut face_counts = BTreeMap::new();
     for (&i, outcome) in wanted.iter().zip(&maps) {
         let kind = match outcome {
@@ -589,7 +628,8 @@ fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
     if train.is_empty() {
         bail!("no training image has a detectable face");
     }
-    Ok(Prepared {
+    check_validation_pairs(&validation)?;
+    Ok(Some(Prepared {
         dataset,
         train,
         validation,
@@ -599,7 +639,7 @@ fn prepare(cli: &Cli, stop: &AtomicBool) -> Result<Prepared> {
         trunk_sha256,
         face_counts,
         excluded_unmatched,
-    })
+    }))
 }
 
 fn read_images(cli: &Cli) -> Result<(PathBuf, Vec<LabelledImage>)> {
@@ -620,20 +660,46 @@ fn default_cache_root() -> PathBuf {
         .map_or_else(|| PathBuf::from(".cache"), |p| p.join("train"))
 }
 
-/// sha256 of every image (cache keys and duplicate detection), with a progress bar.
-fn hash_images(images: &[LabelledImage]) -> Result<Vec<String>> {
+/// sha256 of every image (cache keys and duplicate detection), with a progress bar; `None`
+/// when Ctrl-C stopped it.
+fn hash_images(images: &[LabelledImage], stop: &AtomicBool) -> Result<Option<Vec<String>>> {
     let bar = count_bar("hashing", images.len() as u64);
-    let hashes = images
-        .iter()
-        .map(|image| {
-            bar.inc(1);
-            std::fs::read(&image.path)
-                .map(|b| sha256_hex(&b))
-                .with_context(|| format!("cannot read {}", image.path.display()))
-        })
-        .collect();
+    let mut hashes = Vec::with_capacity(images.len());
+    for image in images {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&image.path)
+            .with_context(|| format!("cannot read {}", image.path.display()))?;
+        hashes.push(sha256_hex(&bytes));
+        bar.inc(1);
+    }
     bar.finish_and_clear();
-    hashes
+    Ok(Some(hashes))
+}
+
+/// Refuses a validation set that cannot choose an epoch: it needs a person with both a photo
+/// and a caricature, and two different people.
+fn check_validation_pairs(validation: &Examples) -> Result<()> {
+    let people_with = |m: Modality| -> std::collections::BTreeSet<u32> {
+        (0..validation.len())
+            .filter(|&i| validation.modalities[i] == m)
+            .map(|i| validation.labels[i])
+            .collect()
+    };
+    let (photos, caricatures) = (
+        people_with(Modality::Photo),
+        people_with(Modality::Caricature),
+    );
+    let genuine = photos.intersection(&caricatures).next().is_some();
+    let impostor = photos.iter().any(|p| caricatures.iter().any(|c| c != p));
+    if !genuine || !impostor {
+        bail!(
+            "the validation images ({}) have no same-person and different-person caricature–photo pairs to choose the epoch with: raise --validation-fraction (people need about 1/fraction photos and caricatures each)",
+            validation.len()
+        );
+    }
+    Ok(())
 }
 
 fn compute_maps(
@@ -749,37 +815,74 @@ fn export(descriptor: &DescriptorModel, weights: &[BranchWeights], out: &Path) -
     Ok(())
 }
 
-fn save_checkpoint(
-    trainer: &Trainer,
-    checkpoint: &Path,
-    meta_path: &Path,
-    prepared: &Prepared,
+/// The best epoch's model inside the run folder; copied to `--out` when training ends.
+const BEST_MODEL: &str = "best.onnx";
+
+/// Copies the best model to the output path atomically.
+fn publish_best(run_dir: &Path, out: &Path) -> Result<()> {
+    let best = run_dir.join(BEST_MODEL);
+    let bytes = std::fs::read(&best).with_context(|| format!("cannot read {}", best.display()))?;
+    write_atomically(out, &bytes)?;
+    Ok(())
+}
+
+/// Where a checkpoint stands in training.
+struct Position {
     next_epoch: usize,
-    best: &Option<Best>,
+    progress: Option<EpochProgress>,
     seconds: f64,
+}
+
+/// Writes the tensors to a new file, then the description naming it (so a crash between the
+/// two leaves the previous checkpoint whole), then removes older tensor files.
+fn save_checkpoint(
+    cli: &Cli,
+    trainer: &Trainer,
+    run_dir: &Path,
+    prepared: &Prepared,
+    position: Position,
+    best: &Option<Best>,
 ) -> Result<()> {
-    trainer.save_state(checkpoint)?;
+    let tensors = format!("checkpoint-{}.safetensors", trainer.steps_done());
+    write_atomically(&run_dir.join(&tensors), &trainer.state_bytes()?)?;
     let meta = CheckpointMeta {
         options: trainer.options().clone(),
+        data: DataRecord::of(cli),
         classes: prepared.dataset.classes.clone(),
-        next_epoch,
+        next_epoch: position.next_epoch,
+        progress: position.progress,
         steps_done: trainer.steps_done(),
         rng: trainer.rng().clone(),
         best: best.clone(),
         trunk_sha256: prepared.trunk_sha256.clone(),
-        seconds,
+        tensors: tensors.clone(),
+        seconds: position.seconds,
     };
-    write_atomically(meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    write_atomically(
+        &run_dir.join("checkpoint.json"),
+        serde_json::to_string_pretty(&meta)?.as_bytes(),
+    )?;
+    for entry in std::fs::read_dir(run_dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint-") && name.ends_with(".safetensors") && name != tensors {
+            std::fs::remove_file(entry.path()).ok();
+        }
+    }
     Ok(())
 }
 
-/// Restores the trainer from a checkpoint made on the same people and trunk.
-fn resume(
-    trainer: &mut Trainer,
-    checkpoint: &Path,
-    meta_path: &Path,
-    prepared: &Prepared,
-) -> Result<(usize, Option<Best>, f64)> {
+/// The checkpoint to resume from (`--resume`), read before any work; refuses to start afresh
+/// over an existing checkpoint unless `--restart`.
+fn saved_checkpoint(cli: &Cli, meta_path: &Path) -> Result<Option<CheckpointMeta>> {
+    if !cli.resume {
+        if meta_path.exists() && !cli.restart {
+            bail!(
+                "{} holds a checkpoint: `--resume` to go on, or `--restart` to start over and replace it",
+                meta_path.display()
+            );
+        }
+        return Ok(None);
+    }
     let text = std::fs::read_to_string(meta_path)
         .with_context(|| format!("--resume: cannot read {}", meta_path.display()))?;
     let meta: CheckpointMeta = serde_json::from_str(&text).with_context(|| {
@@ -788,21 +891,69 @@ fn resume(
             meta_path.display()
         )
     })?;
-    if meta.classes != prepared.dataset.classes {
+    let mut wanted = train_options(cli);
+    wanted.epochs = meta.options.epochs;
+    if wanted != meta.options {
         bail!(
-            "--resume: the checkpoint was trained on other people ({} vs {} classes)",
-            meta.classes.len(),
-            prepared.dataset.classes.len()
+            "--resume: the hyper-parameters differ from the checkpoint's (only --epochs may change): checkpoint {:?}",
+            meta.options
         );
+    }
+    if DataRecord::of(cli) != meta.data {
+        bail!(
+            "--resume: the data split differs from the checkpoint's (seed, --validation-fraction, --holdout-identities, --exclude-pairs, --no-face): checkpoint {:?}",
+            meta.data
+        );
+    }
+    Ok(Some(meta))
+}
+
+/// Restores the trainer from a checkpoint made on the same people and trunk, and cuts the
+/// logs back to what the checkpoint has seen.
+fn resume(
+    trainer: &mut Trainer,
+    meta: CheckpointMeta,
+    run_dir: &Path,
+    prepared: &Prepared,
+) -> Result<(usize, Option<EpochProgress>, Option<Best>, f64)> {
+    if meta.classes != prepared.dataset.classes {
+        bail!("--resume: the checkpoint was trained on other people than this data holds");
     }
     if meta.trunk_sha256 != prepared.trunk_sha256 {
         bail!("--resume: the checkpoint was trained on another trunk model");
     }
-    let tensors = candle_core::safetensors::load(checkpoint, &candle_core::Device::Cpu)
-        .with_context(|| format!("--resume: cannot read {}", checkpoint.display()))?;
+    let tensors_path = run_dir.join(&meta.tensors);
+    let tensors = candle_core::safetensors::load(&tensors_path, &candle_core::Device::Cpu)
+        .with_context(|| format!("--resume: cannot read {}", tensors_path.display()))?;
     trainer.restore(tensors, meta.rng, meta.steps_done)?;
-    eprintln!("resuming at epoch {}", meta.next_epoch + 1);
-    Ok((meta.next_epoch, meta.best, meta.seconds))
+    keep_log_rows(&run_dir.join("steps.csv"), 1, meta.steps_done)?;
+    keep_log_rows(&run_dir.join("epochs.csv"), 0, meta.next_epoch)?;
+    eprintln!(
+        "resuming at epoch {}{}",
+        meta.next_epoch + 1,
+        meta.progress
+            .as_ref()
+            .map_or(String::new(), |p| format!(", batch {}", p.next_batch + 1))
+    );
+    Ok((meta.next_epoch, meta.progress, meta.best, meta.seconds))
+}
+
+/// Keeps the header and the rows of a CSV log whose integer column `column` is below `limit`
+/// (rows a crash or an interrupt wrote after the checkpoint are dropped).
+fn keep_log_rows(path: &Path, column: usize, limit: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut lines = text.lines();
+    let mut kept: Vec<&str> = lines.next().into_iter().collect();
+    kept.extend(lines.filter(|l| {
+        l.split(',')
+            .nth(column)
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|v| v < limit)
+    }));
+    write_atomically(path, format!("{}\n", kept.join("\n")).as_bytes())?;
+    Ok(())
 }
 
 /// Peak resident memory of this process in KiB (Linux).

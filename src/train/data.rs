@@ -167,7 +167,7 @@ pub fn split(
         .collect();
     if classes.len() < 2 {
         return Err(TrainError::Data(format!(
-            "after the exclusions only {} person is left to train on",
+            "after the exclusions fewer than two people are left to train on ({})",
             classes.len()
         )));
     }

@@ -166,17 +166,17 @@ impl Branch {
         })
     }
 
-    /// Every trainable variable, in a fixed order (checkpoints rely on it).
+    /// Every trainable variable, block then classifier, in a fixed order (checkpoints rely
+    /// on it).
     pub fn vars(&self) -> Vec<&Var> {
-        vec![
-            &self.w1t,
-            &self.b1,
-            &self.w2t,
-            &self.b2,
-            &self.wfc,
-            &self.classifier_w,
-            &self.classifier_b,
-        ]
+        let mut vars = self.block_vars();
+        vars.extend(self.classifier_vars());
+        vars
+    }
+
+    /// The pretrained block's variables (left alone during warm-up).
+    pub fn block_vars(&self) -> Vec<&Var> {
+        vec![&self.w1t, &self.b1, &self.w2t, &self.b2, &self.wfc]
     }
 
     /// The classifier's variables (trained alone during warm-up).

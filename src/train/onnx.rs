@@ -77,7 +77,11 @@ impl DescriptorModel {
             .iter()
             .rposition(|n| op(n) == "Conv" && ints_attr(n, "strides") == Some(vec![2, 2]))
             .ok_or_else(|| unexpected("no stride-2 convolution"))?;
-        let trunk_output = nodes[last_strided].input[0].clone();
+        let trunk_output = nodes[last_strided]
+            .input
+            .first()
+            .cloned()
+            .ok_or_else(|| unexpected("the last stride-2 convolution has no input"))?;
         let trunk_end = nodes
             .iter()
             .position(|n| n.output.contains(&trunk_output))
@@ -128,8 +132,9 @@ impl DescriptorModel {
             .iter()
             .find(|n| op(n) == "Pad" && n.input.first() == second.output.first());
         if let Some(pad) = pad {
-            let pads = int64_values(initializer(graph, &pad.input[1]).ok_or_else(|| {
-                unexpected(format!("pads `{}` is not an initializer", pad.input[1]))
+            let name = pad.input.get(1).cloned().unwrap_or_default();
+            let pads = int64_values(initializer(graph, &name).ok_or_else(|| {
+                unexpected(format!("the residual pads `{name}` are not an initializer"))
             })?);
             if pads != CORNER_PADS {
                 return Err(unexpected(format!(
@@ -147,7 +152,14 @@ impl DescriptorModel {
                     tensor.dims
                 )));
             }
-            Ok(float_values(tensor))
+            let values = float_values(tensor);
+            let expected = shape.iter().product::<i64>() as usize;
+            if tensor.data_type != Some(FLOAT) || values.len() != expected {
+                return Err(unexpected(format!(
+                    "`{name}` is not {expected} float32 values stored in the file"
+                )));
+            }
+            Ok(values)
         };
         let (c, e, w) = (CHANNELS as i64, EMBEDDING_DIM as i64, WINDOW as i64);
         let second_full = weights(second, 1, &[c, c, w, w])?;

@@ -140,7 +140,7 @@ pub fn plot_log(log: &Path, out_dir: &Path, window: usize) -> Result<Vec<PathBuf
             "losses.png",
             "task losses",
             "loss",
-            "loss (softmax + 0.1 centre)",
+            "task loss (softmax + weighted centre loss)",
         ),
         ("weights.png", "task weights", "weight", "weight"),
     ] {

@@ -3,7 +3,6 @@
 //! parameter sets on the same forward pass, centre updates, validation and checkpoints.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor, Var};
@@ -32,7 +31,7 @@ pub struct TrainOptions {
     pub epochs: usize,
     /// Images per step.
     pub batch: usize,
-    /// Learning rate of the branches.
+    /// Learning rate of the classifiers (the blocks learn at `block_lr_multiplier` × it).
     pub learning_rate: f64,
     /// Epochs at the start in which only the classifiers learn.
     pub warmup_epochs: usize,
@@ -90,7 +89,7 @@ pub struct StepRecord {
     pub epoch: usize,
     /// Steps done before this one, over the whole run.
     pub step: usize,
-    /// Learning rate of the branches.
+    /// Learning rate of the classifiers (the blocks learn at `block_lr_multiplier` × it).
     pub learning_rate: f64,
     /// Task losses (cross-entropy + weighted centre loss): shared, photo, caricature.
     pub loss: [f32; TASKS],
@@ -160,15 +159,13 @@ impl Trainer {
         let mut network_vars: Vec<Var> = Vec::new();
         let mut multipliers = Vec::new();
         for branch in &branches {
-            let classifier = branch.classifier_vars();
-            for var in branch.vars() {
-                let is_classifier = classifier.iter().any(|c| std::ptr::eq(*c, var));
-                multipliers.push(if is_classifier {
-                    1.0
-                } else {
-                    options.block_lr_multiplier
-                });
+            for var in branch.block_vars() {
                 network_vars.push(var.clone());
+                multipliers.push(options.block_lr_multiplier);
+            }
+            for var in branch.classifier_vars() {
+                network_vars.push(var.clone());
+                multipliers.push(1.0);
             }
         }
         let unit_vars: Vec<Var> = unit.vars().into_iter().cloned().collect();
@@ -194,7 +191,7 @@ impl Trainer {
         &self.options
     }
 
-    /// Learning rate of the branches in `epoch`.
+    /// Learning rate of the classifiers in `epoch`.
     pub fn learning_rate(&self, epoch: usize) -> f64 {
         if epoch >= self.options.lr_drop_epoch {
             self.options.learning_rate / 10.0
@@ -203,27 +200,48 @@ impl Trainer {
         }
     }
 
-    /// One pass over `examples` in a fresh random order; `on_step` sees every step's record.
-    /// Returns `false` when `stop` was set before the pass ended.
+    /// A fresh random order of `examples` for the next epoch.
+    pub fn start_epoch(&mut self, examples: &Examples) -> EpochProgress {
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        self.rng.shuffle(&mut order);
+        EpochProgress {
+            order,
+            next_batch: 0,
+        }
+    }
+
+    /// Steps of one epoch over `examples`.
+    pub fn steps_per_epoch(&self, examples: &Examples) -> usize {
+        let batch = self.options.batch;
+        examples.len() / batch + usize::from(examples.len() % batch >= 2)
+    }
+
+    /// Trains on the batches of `progress` not done yet; `on_step` sees every step's record.
+    /// Returns `false` when `stop` was set before the epoch ended (`progress` then says where
+    /// to go on).
     pub fn train_epoch(
         &mut self,
         epoch: usize,
         examples: &Examples,
+        progress: &mut EpochProgress,
         stop: &AtomicBool,
         mut on_step: impl FnMut(&StepRecord),
     ) -> Result<bool, TrainError> {
-        let mut order: Vec<usize> = (0..examples.len()).collect();
-        self.rng.shuffle(&mut order);
         let lr = self.learning_rate(epoch);
-        for batch in order.chunks(self.options.batch.max(2)) {
+        let batches: Vec<Vec<usize>> = progress
+            .order
+            .chunks(self.options.batch)
+            .map(<[usize]>::to_vec)
+            .collect();
+        while let Some(batch) = batches.get(progress.next_batch) {
             if stop.load(Ordering::Relaxed) {
                 return Ok(false);
             }
-            if batch.len() < 2 {
-                continue;
+            if batch.len() >= 2 {
+                let record = self.step(epoch, batch, examples, lr)?;
+                on_step(&record);
             }
-            let record = self.step(epoch, batch, examples, lr)?;
-            on_step(&record);
+            progress.next_batch += 1;
         }
         Ok(true)
     }
@@ -307,13 +325,8 @@ impl Trainer {
     /// as they are while the randomly initialised classifiers learn (their first, random
     /// gradients would otherwise damage the blocks).
     fn keep_classifier_gradients(&self, grads: &mut candle_core::backprop::GradStore) {
-        for branch in &self.branches {
-            let classifier: Vec<&Var> = branch.classifier_vars();
-            for var in branch.vars() {
-                if !classifier.iter().any(|c| std::ptr::eq(*c, var)) {
-                    grads.remove(var.as_tensor());
-                }
-            }
+        for var in self.branches.iter().flat_map(Branch::block_vars) {
+            grads.remove(var.as_tensor());
         }
     }
 
@@ -468,21 +481,21 @@ impl Trainer {
         self.steps_done
     }
 
-    /// Writes the state tensors as safetensors, atomically.
-    pub fn save_state(&self, path: &Path) -> Result<(), TrainError> {
-        let tmp = path.with_extension("tmp");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        candle_core::safetensors::save(&self.state()?, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    /// The state tensors as safetensors bytes.
+    pub fn state_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        safetensors::serialize(self.state()?, None)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))
     }
+}
+
+/// Where an epoch stands: its image order and the next batch (saved with a checkpoint taken
+/// mid-epoch, so that resuming repeats nothing and skips nothing).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochProgress {
+    /// The epoch's order of the training images.
+    pub order: Vec<usize>,
+    /// Index of the next batch to train.
+    pub next_batch: usize,
 }
 
 /// Per-task embeddings and predictions of [`Trainer::infer`].
