@@ -53,7 +53,9 @@ struct Cli {
     /// Only manifest rows whose path starts with this (e.g. `cavi/`).
     #[arg(long, value_name = "PREFIX", requires = "manifest")]
     only: Option<String>,
-    /// Labelled images in CaVI's layout: DIR/Real/<person>/*, DIR/Caricature/<person>/*.
+    /// Labelled images in CaVI's layout: DIR/Real/<person>/*, DIR/Caricature/<person>/*
+    /// (identities are the folder names in lower case; CaVI spells some people differently
+    /// in its two folders, so prefer a manifest with canonical identities where there is one).
     #[arg(long, value_name = "DIR")]
     cavi: Option<PathBuf>,
     /// The model to write (ONNX: outputs emb_shared, emb_photo, emb_caricature).
