@@ -8,6 +8,7 @@ pub mod cv;
 pub mod detect;
 pub mod embed;
 pub mod eval;
+pub mod files;
 pub mod gallery;
 pub mod logging;
 pub mod models;

@@ -1,14 +1,13 @@
 //! The video pipeline end to end on the committed sample video and demo gallery: annotation
 //! (video and JSON Lines out, frame counts, labels), and `live` without a camera.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
+use common::repo_file as repo;
 use serde_json::Value;
-
-fn repo(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
 
 fn carivis() -> Command {
     Command::new(env!("CARGO_BIN_EXE_carivis"))
@@ -148,11 +147,7 @@ fn ctrl_c_finishes_a_playable_video_up_to_the_last_frame() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let signalled = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    common::interrupt(&child);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -371,11 +371,7 @@ fn short_training_run_writes_a_model_logs_plots_and_resumes() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let signalled = Command::new("kill")
-        .args(["-INT", &long.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    common::interrupt(&long);
     let out = long.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");

@@ -4,7 +4,6 @@
 //! rename): an interrupted run leaves the previous cache intact.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
@@ -95,20 +94,12 @@ impl EmbeddingCache {
 
     /// Writes the cache atomically.
     pub fn save(&self) -> Result<(), EvalError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
         let io = |source| EvalError::Io {
             path: self.path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
-        let mut out = std::fs::File::create(&tmp).map_err(io)?;
-        out.write_all(&serde_json::to_vec(&self.file).map_err(|e| io(e.into()))?)
-            .map_err(io)?;
-        out.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        let json = serde_json::to_vec(&self.file).map_err(|e| io(e.into()))?;
+        crate::files::write_atomic(&self.path, &json).map_err(io)
     }
 }
 

@@ -6,7 +6,6 @@
 //! never a mix. Old embeddings files are removed after the switch.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -214,25 +213,9 @@ pub fn save(dir: &Path, manifest: &mut Manifest, vectors: &[f32]) -> Result<(), 
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, synced and renamed.
+/// Writes `bytes` to `path` atomically ([`crate::files::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        GalleryError::io(path, e)
-    })
+    crate::files::write_atomic(path, bytes).map_err(|e| GalleryError::io(path, e))
 }
 
 fn remove_stale_embeddings(dir: &Path, current: &str) {

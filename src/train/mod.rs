@@ -14,7 +14,6 @@ pub mod optim;
 pub mod report;
 pub mod trainer;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why training failed.
@@ -53,29 +52,12 @@ pub enum TrainError {
     Report(String),
 }
 
-/// Writes a file atomically: a temporary file beside it, fsync, rename; creates the folder.
+/// Writes a file atomically ([`crate::files::write_atomic`]), creating its folder.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let io = |source| TrainError::Io {
+    crate::files::write_atomic(path, bytes).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let name = path
-        .file_name()
-        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        std::fs::remove_file(&tmp).ok();
-    }
-    written.map_err(io)
+    })
 }
 
 /// A small seeded generator (SplitMix64) so that splits, initialisation, shuffles and dropout

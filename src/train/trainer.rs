@@ -228,12 +228,8 @@ impl Trainer {
         mut on_step: impl FnMut(&StepRecord),
     ) -> Result<bool, TrainError> {
         let lr = self.learning_rate(epoch);
-        let batches: Vec<Vec<usize>> = progress
-            .order
-            .chunks(self.options.batch)
-            .map(<[usize]>::to_vec)
-            .collect();
-        while let Some(batch) = batches.get(progress.next_batch) {
+        let size = self.options.batch;
+        while let Some(batch) = progress.order.chunks(size).nth(progress.next_batch) {
             if stop.load(Ordering::Relaxed) {
                 return Ok(false);
             }

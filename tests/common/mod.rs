@@ -46,6 +46,15 @@ pub fn cpu_runtime() -> Runtime {
     .expect("ONNX Runtime loads (run scripts/setup)")
 }
 
+/// Sends SIGINT (what Ctrl-C sends) to a child process.
+pub fn interrupt(child: &std::process::Child) {
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+}
+
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
