@@ -13,7 +13,6 @@ use carivis::embed::{DLIB_SPEC, Embedder};
 use carivis::gallery::index::{HnswParams, Index};
 use carivis::pipeline::still::StillFaces;
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
-use carivis::types::FaceBox;
 
 fn data_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("CARIVIS_DATA")
@@ -84,19 +83,9 @@ fn embeddings(images: &[PathBuf]) -> Vec<Vec<f32>> {
         .map(|path| {
             bar.inc(1);
             let image = load_image(path).unwrap();
-            match faces.faces(&image).unwrap().into_iter().next() {
-                Some(face) => face.embedding.shared,
-                None => {
-                    missed += 1;
-                    let whole = FaceBox {
-                        x1: 0.0,
-                        y1: 0.0,
-                        x2: image.width() as f32,
-                        y2: image.height() as f32,
-                    };
-                    faces.embed_box(&image, whole).unwrap().shared
-                }
-            }
+            let (embedding, detected) = faces.subject(&image).unwrap();
+            missed += usize::from(!detected);
+            embedding.shared
         })
         .collect();
     bar.finish_and_clear();

@@ -10,6 +10,7 @@ pub mod embed;
 pub mod eval;
 pub mod files;
 pub mod gallery;
+pub mod jobs;
 pub mod logging;
 pub mod models;
 pub mod pipeline;

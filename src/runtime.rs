@@ -11,11 +11,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::files::sha256_hex;
 use ndarray::{ArrayD, ArrayView4};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-use sha2::{Digest, Sha256};
 
 /// The ONNX Runtime release this build is pinned to (the library `scripts/setup` fetches).
 pub const ORT_VERSION: &str = "1.26.0";
@@ -24,7 +24,7 @@ pub const ORT_VERSION: &str = "1.26.0";
 const LIBRARY_FILE: &str = "libonnxruntime.so";
 
 /// Which execution provider the user asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
     /// CUDA when this build and machine support it, otherwise CPU (logged either way).
     #[default]
@@ -351,14 +351,6 @@ fn read_model(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Lower-case hex sha256 of a byte string (model and image checksums).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Name and shape of one model input or output; `-1` marks a dynamic dimension.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TensorInfo {
@@ -581,14 +573,6 @@ fn list(infos: &[TensorInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sha256_of_empty_input_is_the_known_digest() {
-        assert_eq!(
-            sha256_hex(b""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-    }
 
     #[test]
     fn tensor_info_shows_dynamic_dimensions_as_question_marks() {

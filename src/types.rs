@@ -1,6 +1,8 @@
 //! The values that cross stages: frames, face boxes, landmarks, detected faces, chips,
 //! embeddings and modalities. Stages depend on this module, never on each other.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// An RGB image, 8 bits per channel, rows top to bottom (what every stage reads).
@@ -107,19 +109,7 @@ mod box_as_array {
 }
 
 /// Which kind of picture a face comes from.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Modality {
     /// A photograph.
@@ -200,9 +190,45 @@ pub struct AnnotatedFrame {
     pub faces: Vec<TrackedFace>,
 }
 
+/// An image with its person and modality.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelledImage {
+    /// The image file.
+    pub path: PathBuf,
+    /// The person (canonical name).
+    pub identity: String,
+    /// Photo or caricature.
+    pub modality: Modality,
+}
+
+/// Dot product of two equally long slices: the cosine similarity of two embeddings, which
+/// leave the embedder as unit vectors.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_handles_tails() {
+        let a: Vec<f32> = (0..11).map(|i| i as f32).collect();
+        assert_eq!(dot(&a, &a), (0..11).map(|i| (i * i) as f32).sum::<f32>());
+    }
 
     #[test]
     fn iou_of_half_overlapping_boxes_is_one_third() {

@@ -8,17 +8,24 @@ use std::path::Path;
 
 use carivis::eval::protocol::{PairFormat, read_pairs};
 use carivis::eval::{EvalError, Faces, read_thresholds, verify};
-use indicatif::ProgressBar;
+use carivis::jobs::Progress;
+use std::sync::atomic::AtomicBool;
 
 /// Same-person pairs taken from the top of testing_1.txt, different-person ones from the end.
 const PAIRS_EACH: usize = 12;
 
-fn faces(cache: &Path) -> Faces {
+/// Never set: these evaluations run to the end.
+static NEVER: AtomicBool = AtomicBool::new(false);
+
+fn no_progress(_: Progress) {}
+
+fn faces(cache: &Path) -> Faces<'static> {
     Faces {
         workers: vec![common::still_faces(0.0)],
         cache_dir: cache.to_path_buf(),
         settings: "test five-point".into(),
-        bar: ProgressBar::hidden(),
+        progress: &no_progress,
+        stop: &NEVER,
     }
 }
 

@@ -8,9 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use carivis::capture::load_image;
+use carivis::files::file_sha256;
 use carivis::gallery::store::{Enrolment, ModelId};
 use carivis::gallery::{Gallery, GalleryError, NewEntry};
-use carivis::pipeline::still::{StillFaces, file_sha256};
+use carivis::pipeline::still::StillFaces;
 use carivis::types::Modality;
 use common::{data_dir, still_faces};
 

@@ -7,8 +7,9 @@ use std::process::Command;
 
 use carivis::detect::{DetectError, DetectorConfig, Mtcnn};
 use carivis::embed::{DLIB_SPEC, Embedder};
+use carivis::files::sha256_hex;
 use carivis::models::SHIPPED;
-use carivis::runtime::{RuntimeError, sha256_hex};
+use carivis::runtime::RuntimeError;
 use common::{cpu_runtime, max_abs_diff, models_dir, repo_file};
 use ndarray::{Array4, ArrayD};
 use serde_json::Value;

@@ -423,7 +423,8 @@ fn testing_slice_auc(data: &Path, model: &str, step: usize) -> f64 {
         workers: vec![still_faces_with(0.0, model), still_faces_with(0.0, model)],
         cache_dir: dir.path().join("cache"),
         settings: "test five-point".into(),
-        bar: indicatif::ProgressBar::hidden(),
+        progress: &|_| {},
+        stop: &std::sync::atomic::AtomicBool::new(false),
     };
     verify(&input, faces).unwrap().verification.auc
 }

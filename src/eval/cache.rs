@@ -1,19 +1,17 @@
-//! Embeddings of evaluation images, computed with carivis's own detection and alignment and
-//! cached per model checksum, face settings and image sha256, so a second run is fast. The
-//! cache is one JSON file per (model, settings), replaced atomically (temporary file, fsync,
-//! rename): an interrupted run leaves the previous cache intact.
+//! Embeddings of evaluation images, computed with carivis's own detection and alignment by the
+//! job runner ([`crate::jobs`]) and cached per model checksum, face settings and image sha256,
+//! so a second run is fast. The cache is one JSON file per (model, settings), replaced
+//! atomically (temporary file, fsync, rename): an interrupted run leaves the previous cache
+//! intact.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use super::EvalError;
-use crate::capture::load_image;
-use crate::pipeline::still::StillFaces;
-use crate::runtime::sha256_hex;
-use crate::types::{Embedding, Face, RgbImage};
+use crate::jobs::{CacheError, JobCache, Outcome, Worker, cache_key};
+use crate::pipeline::still::{StillError, StillFaces};
+use crate::types::{Embedding, RgbImage};
 
 /// New records between two saves of the cache during a run.
 const SAVE_EVERY: usize = 1000;
@@ -50,18 +48,14 @@ pub fn default_cache_dir() -> PathBuf {
 pub struct EmbeddingCache {
     path: PathBuf,
     file: CacheFile,
+    unsaved: usize,
 }
 
 impl EmbeddingCache {
     /// Opens (or starts) the cache in `dir` for the model with checksum `model_sha256` and the
     /// detection/alignment `settings` (any text that changes when the chips would).
-    pub fn open(dir: &Path, model_sha256: &str, settings: &str) -> Result<Self, EvalError> {
-        let name = format!(
-            "{:.16}-{:.16}.json",
-            model_sha256,
-            sha256_hex(settings.as_bytes())
-        );
-        let path = dir.join(name);
+    pub fn open(dir: &Path, model_sha256: &str, settings: &str) -> Self {
+        let path = dir.join(format!("{}.json", cache_key(model_sha256, settings)));
         let file = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<CacheFile>(&bytes)
                 .ok()
@@ -75,7 +69,11 @@ impl EmbeddingCache {
                 }),
             Err(_) => CacheFile::empty(settings),
         };
-        Ok(Self { path, file })
+        Self {
+            path,
+            file,
+            unsaved: 0,
+        }
     }
 
     /// The cache file.
@@ -83,23 +81,39 @@ impl EmbeddingCache {
         &self.path
     }
 
-    /// The record of the image with this sha256.
-    pub fn get(&self, sha256: &str) -> Option<&FaceRecord> {
-        self.file.records.get(sha256)
-    }
-
-    fn insert(&mut self, sha256: String, record: FaceRecord) {
-        self.file.records.insert(sha256, record);
-    }
-
     /// Writes the cache atomically.
-    pub fn save(&self) -> Result<(), EvalError> {
-        let io = |source| EvalError::Io {
+    pub fn save(&mut self) -> Result<(), CacheError> {
+        let io = |source| CacheError {
             path: self.path.clone(),
             source,
         };
         let json = serde_json::to_vec(&self.file).map_err(|e| io(e.into()))?;
-        crate::files::write_atomic(&self.path, &json).map_err(io)
+        crate::files::write_atomic(&self.path, &json).map_err(io)?;
+        self.unsaved = 0;
+        Ok(())
+    }
+}
+
+impl JobCache<FaceRecord> for EmbeddingCache {
+    fn get(&self, sha256: &str) -> Option<FaceRecord> {
+        self.file.records.get(sha256).cloned()
+    }
+
+    /// Adds a record; the cache is saved every [`SAVE_EVERY`] new records.
+    fn put(&mut self, sha256: &str, record: &FaceRecord) -> Result<(), CacheError> {
+        self.file.records.insert(sha256.to_string(), record.clone());
+        self.unsaved += 1;
+        if self.unsaved >= SAVE_EVERY {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), CacheError> {
+        if self.unsaved > 0 {
+            self.save()?;
+        }
+        Ok(())
     }
 }
 
@@ -112,117 +126,23 @@ impl CacheFile {
     }
 }
 
-/// The outcome for each image of [`embed_images`].
-pub type ImageOutcome = Result<FaceRecord, String>;
+/// The outcome for each image of an evaluation's embedding run.
+pub type ImageOutcome = Outcome<FaceRecord, StillError>;
 
-/// Counts of one [`embed_images`] run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct EmbedCounts {
-    /// Images found in the cache.
-    pub cached: usize,
-    /// Images embedded now.
-    pub computed: usize,
-    /// Images that could not be read.
-    pub failed: usize,
-}
+/// Embeds each image's subject (largest face, else the whole image) for the job runner.
+pub struct SubjectEmbedder(pub StillFaces);
 
-/// The largest face of an image, or the whole image when no face is found.
-pub fn face_record(faces: &mut StillFaces, image: &RgbImage) -> Result<FaceRecord, String> {
-    let found = faces.faces(image).map_err(|e| e.to_string())?;
-    if let Some(face) = found.into_iter().next() {
-        return Ok(FaceRecord {
-            detected: true,
-            embedding: face.embedding,
-        });
-    }
-    let embedding = faces
-        .embed_box(image, Face::covering(image).bbox)
-        .map_err(|e| e.to_string())?;
-    Ok(FaceRecord {
-        detected: false,
-        embedding,
-    })
-}
+impl Worker for SubjectEmbedder {
+    type Output = FaceRecord;
+    type Error = StillError;
 
-/// sha256 of every image's bytes (an error message for unreadable files).
-fn hash_images(images: &[PathBuf]) -> Vec<Result<String, String>> {
-    images
-        .iter()
-        .map(|p| {
-            std::fs::read(p)
-                .map(|b| sha256_hex(&b))
-                .map_err(|e| format!("{}: {e}", p.display()))
+    fn process(&mut self, image: &RgbImage) -> Result<FaceRecord, StillError> {
+        let (embedding, detected) = self.0.subject(image)?;
+        Ok(FaceRecord {
+            detected,
+            embedding,
         })
-        .collect()
-}
-
-/// Face records of `images`, in order: from the cache, or computed by the `workers` (one
-/// thread each) and added to the cache, which is saved every [`SAVE_EVERY`] new records and at
-/// the end. `bar` advances once per image.
-pub fn embed_images(
-    workers: Vec<StillFaces>,
-    images: &[PathBuf],
-    cache: &mut EmbeddingCache,
-    bar: &ProgressBar,
-) -> Result<(Vec<ImageOutcome>, EmbedCounts), EvalError> {
-    let hashes = hash_images(images);
-    let mut outcomes: Vec<Option<ImageOutcome>> = hashes
-        .iter()
-        .map(|h| match h {
-            Ok(sha) => cache.get(sha).cloned().map(Ok),
-            Err(e) => Some(Err(e.clone())),
-        })
-        .collect();
-    let todo: Vec<usize> = (0..images.len())
-        .filter(|&i| outcomes[i].is_none())
-        .collect();
-    let mut counts = EmbedCounts {
-        cached: images.len() - todo.len(),
-        ..EmbedCounts::default()
-    };
-    bar.inc(counts.cached as u64);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let (tx, rx) = crossbeam_channel::bounded::<(usize, ImageOutcome)>(64);
-    std::thread::scope(|scope| -> Result<(), EvalError> {
-        for mut faces in workers {
-            let (tx, next, todo) = (tx.clone(), &next, &todo);
-            scope.spawn(move || {
-                while let Some(&i) =
-                    todo.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-                {
-                    let outcome = load_image(&images[i])
-                        .map_err(|e| e.to_string())
-                        .and_then(|image| face_record(&mut faces, &image))
-                        .map_err(|e| format!("{}: {e}", images[i].display()));
-                    if tx.send((i, outcome)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        for (i, outcome) in rx {
-            if let (Ok(record), Ok(sha)) = (&outcome, &hashes[i]) {
-                cache.insert(sha.clone(), record.clone());
-                counts.computed += 1;
-                if counts.computed.is_multiple_of(SAVE_EVERY) {
-                    cache.save()?;
-                }
-            }
-            outcomes[i] = Some(outcome);
-            bar.inc(1);
-        }
-        Ok(())
-    })?;
-    if counts.computed > 0 {
-        cache.save()?;
     }
-    let outcomes: Vec<ImageOutcome> = outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Err("not processed".into())))
-        .collect();
-    counts.failed = outcomes.iter().filter(|o| o.is_err()).count();
-    Ok((outcomes, counts))
 }
 
 #[cfg(test)]
@@ -240,12 +160,12 @@ mod tests {
                 caricature: None,
             },
         };
-        let mut cache = EmbeddingCache::open(dir.path(), "abc", "five-point").unwrap();
-        cache.insert("f00d".into(), record.clone());
-        cache.save().unwrap();
-        let again = EmbeddingCache::open(dir.path(), "abc", "five-point").unwrap();
-        assert_eq!(again.get("f00d"), Some(&record));
-        let other = EmbeddingCache::open(dir.path(), "abc", "crop").unwrap();
+        let mut cache = EmbeddingCache::open(dir.path(), "abc", "five-point");
+        cache.put("f00d", &record).unwrap();
+        cache.flush().unwrap();
+        let again = EmbeddingCache::open(dir.path(), "abc", "five-point");
+        assert_eq!(again.get("f00d"), Some(record));
+        let other = EmbeddingCache::open(dir.path(), "abc", "crop");
         assert_eq!(other.get("f00d"), None);
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary files left behind");

@@ -7,8 +7,8 @@
 use serde::Serialize;
 
 use super::metrics::{self, MeanStd, Scored};
-use crate::gallery::index::dot;
 use crate::types::Modality;
+use crate::types::dot;
 
 /// Protocol settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]

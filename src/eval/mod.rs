@@ -13,21 +13,23 @@ pub mod protocol;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use indicatif::ProgressBar;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::{Deserialize, Serialize};
 
-use cache::{EmbedCounts, EmbeddingCache, FaceRecord, ImageOutcome, embed_images};
+use cache::{EmbeddingCache, FaceRecord, ImageOutcome, SubjectEmbedder};
 use identify::{DirectionFigures, IdentifyOptions, PairFigures, Sample};
 use metrics::{MetricError, Scored, Verification};
-use protocol::{FileIndex, LabelledImage, PairFormat, ProtocolError, Resolved};
+use protocol::{FileIndex, PairFormat, ProtocolError, Resolved};
 
+use crate::files::sha256_hex;
 use crate::gallery::branch_of;
-use crate::gallery::index::dot;
 use crate::gallery::matching::{Branch, Thresholds};
 use crate::gallery::store::ModelId;
+use crate::jobs::{CacheError, JobCounts, Progress, hash_files};
 use crate::pipeline::still::StillFaces;
-use crate::runtime::sha256_hex;
-use crate::types::Modality;
+use crate::types::dot;
+use crate::types::{LabelledImage, Modality};
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,12 @@ pub enum EvalError {
     /// Figures cannot be computed.
     #[error(transparent)]
     Metric(#[from] MetricError),
+    /// The embedding cache could not be written.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Ctrl-C stopped the run (the cache keeps what was embedded).
+    #[error("interrupted; the embeddings computed so far are cached")]
+    Interrupted,
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -81,7 +89,7 @@ pub enum EvalError {
 
 /// Which embedding branch comparisons use (`auto`: shared across modalities, the modality's
 /// own branch within one, as galleries do).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BranchChoice {
     /// The shared branch (the only one of a single-output model).
@@ -130,16 +138,19 @@ fn vector(record: &FaceRecord, branch: Branch) -> Result<&[f32], EvalError> {
 }
 
 /// How images become embeddings: one [`StillFaces`] per worker thread, the cache folder, a
-/// description of the face settings (part of the cache key) and a progress bar.
-pub struct Faces {
+/// description of the face settings (part of the cache key), a progress callback and the
+/// Ctrl-C flag.
+pub struct Faces<'a> {
     /// One per worker thread (at least one).
     pub workers: Vec<StillFaces>,
     /// Cache folder.
     pub cache_dir: PathBuf,
     /// Detection and alignment settings, as text.
     pub settings: String,
-    /// Advanced once per image.
-    pub bar: ProgressBar,
+    /// Called as images are hashed and embedded.
+    pub progress: &'a dyn Fn(Progress),
+    /// When set, embedding stops and the evaluation ends with [`EvalError::Interrupted`].
+    pub stop: &'a AtomicBool,
 }
 
 /// Detection outcome of one modality.
@@ -173,7 +184,7 @@ pub struct ImageSummary {
     /// The cache file, and how many images came from it or were embedded now.
     pub cache_file: PathBuf,
     /// Cache counts.
-    pub counts: EmbedCounts,
+    pub counts: JobCounts,
 }
 
 /// Detection counts per modality.
@@ -205,13 +216,23 @@ fn embed_all(
     modalities: &[Modality],
 ) -> Result<(Vec<ImageOutcome>, ImageSummary, ModelId), EvalError> {
     let model = faces.workers[0].model_id();
-    let mut cache = EmbeddingCache::open(&faces.cache_dir, &model.sha256, &faces.settings)?;
-    faces.bar.set_length(images.len() as u64);
-    let (outcomes, counts) = embed_images(faces.workers, images, &mut cache, &faces.bar)?;
-    faces.bar.finish_and_clear();
+    let mut cache = EmbeddingCache::open(&faces.cache_dir, &model.sha256, &faces.settings);
+    let hashes = hash_files(images, faces.progress, faces.stop).ok_or(EvalError::Interrupted)?;
+    let workers = faces.workers.into_iter().map(SubjectEmbedder).collect();
+    let (outcomes, counts) = crate::jobs::run(
+        images,
+        hashes,
+        workers,
+        &mut cache,
+        faces.progress,
+        faces.stop,
+    )?;
+    if faces.stop.load(Ordering::SeqCst) {
+        return Err(EvalError::Interrupted);
+    }
     let unreadable = outcomes
         .iter()
-        .filter_map(|o| o.as_ref().err().cloned())
+        .filter_map(|o| o.as_ref().err().map(|e| e.to_string()))
         .collect();
     let summary = ImageSummary {
         images: images.len(),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::types::Modality;
+use crate::types::{LabelledImage, Modality};
 
 /// Why a protocol file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub enum ProtocolError {
 }
 
 /// The pair-file formats understood.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PairFormat {
     /// CaVI: `id Caricature/id\file.jpg id Real/id\file.jpg 0|1`, space-separated.
@@ -260,17 +260,6 @@ impl FileIndex {
             .or_else(|| self.by_stem.get(&key))
             .map_or(Resolved::Missing, |p| Resolved::Loose(p.clone()))
     }
-}
-
-/// An image with its person and modality.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelledImage {
-    /// The image file.
-    pub path: PathBuf,
-    /// The person (canonical name).
-    pub identity: String,
-    /// Photo or caricature.
-    pub modality: Modality,
 }
 
 /// Manifest modalities that carry no single labelled face and are skipped.

@@ -4,6 +4,8 @@
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
 
+use crate::types::dot;
+
 /// `1 − a·b` for unit vectors (cosine distance), never negative. Written here rather than using
 /// `hnsw_rs`'s `DistDot`, whose scalar fallback asserts on the tiny negative values rounding
 /// gives for identical vectors; eight accumulators let the compiler vectorise the loop.
@@ -14,24 +16,6 @@ impl Distance<f32> for UnitDotDistance {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
         (1.0 - dot(a, b)).max(0.0)
     }
-}
-
-/// Dot product of two equally long slices.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// HNSW construction and search parameters, stored in the gallery's settings.
@@ -158,12 +142,6 @@ mod tests {
     fn unit(v: Vec<f32>) -> Vec<f32> {
         let n = dot(&v, &v).sqrt();
         v.into_iter().map(|x| x / n).collect()
-    }
-
-    #[test]
-    fn dot_handles_tails() {
-        let a: Vec<f32> = (0..11).map(|i| i as f32).collect();
-        assert_eq!(dot(&a, &a), (0..11).map(|i| (i * i) as f32).sum::<f32>());
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn load_embeddings(dir: &Path, manifest: &Manifest) -> Result<Vec<f32>, GalleryE
             bytes.len()
         )));
     }
-    if crate::runtime::sha256_hex(&bytes) != file.sha256 {
+    if crate::files::sha256_hex(&bytes) != file.sha256 {
         return Err(damaged("checksum mismatch".into()));
     }
     Ok(bytes
@@ -205,7 +205,7 @@ pub fn save(dir: &Path, manifest: &mut Manifest, vectors: &[f32]) -> Result<(), 
     manifest.embeddings = EmbeddingsFile {
         file: name,
         rows: manifest.entries.len(),
-        sha256: crate::runtime::sha256_hex(&bytes),
+        sha256: crate::files::sha256_hex(&bytes),
     };
     let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
     write_atomic(&dir.join(MANIFEST_FILE), &json)?;

@@ -34,7 +34,7 @@ use crate::types::{AnnotatedFrame, Embedding, Face, Frame, Modality, RgbImage};
 use stats::{Samples, Timer};
 
 /// How frames are paced through the pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pacing {
     /// Never fall behind: files play at their own frame rate, and frames that arrive while the

@@ -1,8 +1,8 @@
-//! Faces of still images: detection, alignment and embedding, one image at a time.
+//! Faces of still images: detection, alignment and embedding, one image at a time. The rule
+//! for images with one subject (evaluation and training): the largest face, else the whole
+//! image as the chip.
 
-use std::path::Path;
-
-use crate::align::{AlignError, AlignMode, Aligner};
+use crate::align::{AlignError, AlignMode, Aligner, BOX_MARGIN};
 use crate::detect::{DetectError, Mtcnn};
 use crate::embed::{EmbedError, Embedder};
 use crate::gallery::store::ModelId;
@@ -31,27 +31,80 @@ pub struct EmbeddedFace {
     pub embedding: Embedding,
 }
 
-/// Detector, aligner and embedder for still images.
-pub struct StillFaces {
+/// The chip of an image's subject and where it came from.
+#[derive(Clone, Debug)]
+pub struct SubjectChip {
+    /// The aligned chip.
+    pub chip: RgbImage,
+    /// Whether the detector found the face (else the chip is the whole image).
+    pub detected: bool,
+}
+
+/// Detector and aligners for still images: chips of every face, of a given box, or of the
+/// image's subject.
+pub struct StillChips {
     detector: Mtcnn,
     aligner: Aligner,
     box_aligner: Aligner,
-    embedder: Embedder,
 }
 
-/// Margin each side, as a fraction of the box, when a face is given by a box (`--box`,
-/// `--whole-image`): dlib's chips are tightly framed, and on CaVI pairs crop-only accuracy fell
-/// steadily with the margin (photo pairs 0.871 at 0, 0.841 at 0.1, 0.783 at 0.2).
-pub const BOX_MARGIN: f32 = 0.0;
-
-impl StillFaces {
-    /// Wires the three stages; the aligner's chip size must be the embedder's.
-    pub fn new(detector: Mtcnn, mode: AlignMode, embedder: Embedder) -> Self {
-        let size = embedder.chip_size();
+impl StillChips {
+    /// Chips of `size` pixels, faces aligned by `mode`, boxes crop-only with [`BOX_MARGIN`].
+    pub fn new(detector: Mtcnn, mode: AlignMode, size: u32) -> Self {
         Self {
             detector,
             aligner: Aligner::new(mode, size),
             box_aligner: Aligner::new(AlignMode::CropOnly { margin: BOX_MARGIN }, size),
+        }
+    }
+
+    /// Every face of the image, largest first, with its chip.
+    pub fn faces(&mut self, image: &RgbImage) -> Result<Vec<(Face, RgbImage)>, StillError> {
+        let faces = self.detector.detect(image)?;
+        faces
+            .into_iter()
+            .map(|f| Ok((f, self.aligner.align(image, &f)?)))
+            .collect()
+    }
+
+    /// The chip of a face given by its box.
+    pub fn box_chip(&self, image: &RgbImage, bbox: FaceBox) -> Result<RgbImage, StillError> {
+        let face = Face {
+            bbox,
+            score: 1.0,
+            landmarks: [[0.0; 2]; 5],
+        };
+        Ok(self.box_aligner.align(image, &face)?)
+    }
+
+    /// The chip of the image's largest face, else of the whole image (crop-only, as for a
+    /// given box): the one rule for images of one person.
+    pub fn subject(&mut self, image: &RgbImage) -> Result<SubjectChip, StillError> {
+        let faces = self.detector.detect(image)?;
+        match faces.first() {
+            Some(face) => Ok(SubjectChip {
+                chip: self.aligner.align(image, face)?,
+                detected: true,
+            }),
+            None => Ok(SubjectChip {
+                chip: self.box_chip(image, Face::covering(image).bbox)?,
+                detected: false,
+            }),
+        }
+    }
+}
+
+/// Detector, aligner and embedder for still images.
+pub struct StillFaces {
+    chips: StillChips,
+    embedder: Embedder,
+}
+
+impl StillFaces {
+    /// Wires the three stages; the aligner's chip size is the embedder's.
+    pub fn new(detector: Mtcnn, mode: AlignMode, embedder: Embedder) -> Self {
+        Self {
+            chips: StillChips::new(detector, mode, embedder.chip_size()),
             embedder,
         }
     }
@@ -68,11 +121,8 @@ impl StillFaces {
 
     /// Every face of the image, largest first, with its embedding (one batched run).
     pub fn faces(&mut self, image: &RgbImage) -> Result<Vec<EmbeddedFace>, StillError> {
-        let faces = self.detector.detect(image)?;
-        let chips = faces
-            .iter()
-            .map(|f| self.aligner.align(image, f))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (faces, chips): (Vec<Face>, Vec<RgbImage>) =
+            self.chips.faces(image)?.into_iter().unzip();
         let embeddings = self.embedder.embed(&chips)?;
         Ok(faces
             .into_iter()
@@ -81,14 +131,17 @@ impl StillFaces {
             .collect())
     }
 
+    /// The embedding of the image's subject ([`StillChips::subject`]) and whether its face was
+    /// detected.
+    pub fn subject(&mut self, image: &RgbImage) -> Result<(Embedding, bool), StillError> {
+        let subject = self.chips.subject(image)?;
+        Ok((self.embed_chip(&subject.chip)?, subject.detected))
+    }
+
     /// The embedding of a face given by its box (crop-only alignment with [`BOX_MARGIN`]).
     pub fn embed_box(&mut self, image: &RgbImage, bbox: FaceBox) -> Result<Embedding, StillError> {
-        let face = Face {
-            bbox,
-            score: 1.0,
-            landmarks: [[0.0; 2]; 5],
-        };
-        self.embed_chip(&self.box_aligner.align(image, &face)?)
+        let chip = self.chips.box_chip(image, bbox)?;
+        self.embed_chip(&chip)
     }
 
     /// The embedding of a face with known landmarks (five-point alignment).
@@ -117,9 +170,4 @@ pub fn model_id(embedder: &Embedder) -> ModelId {
         branches: embedder.branch_names(),
         dim: embedder.dim(),
     }
-}
-
-/// sha256 of a file's bytes, for recording where an entry came from.
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    Ok(crate::runtime::sha256_hex(&std::fs::read(path)?))
 }

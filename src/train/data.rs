@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use super::{Rng, TrainError};
-use crate::eval::protocol::LabelledImage;
-use crate::types::Modality;
+use crate::types::{LabelledImage, Modality};
 
 /// What each image is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -74,10 +73,9 @@ impl Dataset {
 /// Fails on input nobody can train from: no images, missing files, a single person.
 pub fn check_images(images: &[LabelledImage], source: &Path) -> Result<(), TrainError> {
     if images.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: no labelled photos or caricatures",
-            source.display()
-        )));
+        return Err(TrainError::NoImages {
+            data: source.to_path_buf(),
+        });
     }
     let missing: Vec<&Path> = images
         .iter()
@@ -85,21 +83,19 @@ pub fn check_images(images: &[LabelledImage], source: &Path) -> Result<(), Train
         .filter(|p| !p.is_file())
         .collect();
     if let Some(first) = missing.first() {
-        return Err(TrainError::Data(format!(
-            "{}: {} of {} listed images are missing, e.g. {}",
-            source.display(),
-            missing.len(),
-            images.len(),
-            first.display()
-        )));
+        return Err(TrainError::MissingImages {
+            data: source.to_path_buf(),
+            missing: missing.len(),
+            total: images.len(),
+            example: first.to_path_buf(),
+        });
     }
     let people: BTreeSet<&str> = images.iter().map(|i| i.identity.as_str()).collect();
     if people.len() < 2 {
-        return Err(TrainError::Data(format!(
-            "{}: only one person ({}); identification training needs at least two",
-            source.display(),
-            people.iter().next().copied().unwrap_or("")
-        )));
+        return Err(TrainError::OnePerson {
+            data: source.to_path_buf(),
+            person: people.iter().next().copied().unwrap_or("").to_string(),
+        });
     }
     Ok(())
 }
@@ -120,11 +116,10 @@ pub fn split(
         .collect();
     rng.shuffle(&mut people);
     if options.holdout_identities + 2 > people.len() {
-        return Err(TrainError::Data(format!(
-            "--holdout-identities {} leaves fewer than two of the {} people to train on",
-            options.holdout_identities,
-            people.len()
-        )));
+        return Err(TrainError::HoldoutTooLarge {
+            holdout: options.holdout_identities,
+            people: people.len(),
+        });
     }
     let held_out: HashSet<&str> = people[..options.holdout_identities]
         .iter()
@@ -166,10 +161,9 @@ pub fn split(
         .into_iter()
         .collect();
     if classes.len() < 2 {
-        return Err(TrainError::Data(format!(
-            "after the exclusions fewer than two people are left to train on ({})",
-            classes.len()
-        )));
+        return Err(TrainError::TooFewPeople {
+            people: classes.len(),
+        });
     }
     Ok(Dataset {
         images,

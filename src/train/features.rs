@@ -1,23 +1,21 @@
 //! Trunk maps of the training images: each image goes through carivis's own detection (largest
-//! face) and five-point alignment, then the frozen trunk runs on the chip and its mirror image.
-//! Maps are cached on disk, one file per image, keyed by the trunk's checksum, the face
-//! settings and the image's sha256, so only new images cost anything on the next run.
+//! face, else the whole image) and five-point alignment, then the frozen trunk runs on the chip
+//! and its mirror image. The job runner ([`crate::jobs`]) runs the workers; maps are cached on
+//! disk, one file per image, keyed by the trunk's checksum, the face settings and the image's
+//! sha256, so only new images cost anything on the next run.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use indicatif::ProgressBar;
 use ndarray::Axis;
 
-use super::TrainError;
 use super::onnx::TRUNK_LEN;
-use crate::align::{AlignMode, Aligner};
-use crate::capture::load_image;
-use crate::detect::{DetectorConfig, Mtcnn};
-use crate::embed::chips_tensor;
-use crate::pipeline::still::BOX_MARGIN;
-use crate::runtime::{Model, Runtime, sha256_hex};
-use crate::types::{Face, RgbImage};
+use crate::align::AlignMode;
+use crate::detect::{DetectError, DetectorConfig, Mtcnn};
+use crate::embed::{EmbedError, chips_tensor};
+use crate::jobs::{CacheError, JobCache, Worker, cache_key};
+use crate::pipeline::still::{StillChips, StillError};
+use crate::runtime::{Model, Runtime, RuntimeError};
+use crate::types::RgbImage;
 
 /// Side of the chips the trunk takes.
 pub const CHIP_SIZE: u32 = 150;
@@ -25,7 +23,7 @@ pub const CHIP_SIZE: u32 = 150;
 /// The trunk maps of one image: the aligned chip's and its mirror image's.
 pub type MapPair = [Vec<f32>; 2];
 
-/// What happened to one image.
+/// What the trunk made of one image.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ImageMaps {
     /// A face was found; its two maps.
@@ -34,8 +32,26 @@ pub enum ImageMaps {
     WholeImage(Box<MapPair>),
     /// The detector found no face (and the whole image was not wanted).
     NoFace,
-    /// The image could not be read (the message says why).
-    Failed(String),
+}
+
+/// Why a map worker could not start or failed on an image.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// MTCNN could not be opened.
+    #[error(transparent)]
+    Detector(#[from] DetectError),
+    /// The trunk model could not be opened or run.
+    #[error(transparent)]
+    Trunk(#[from] RuntimeError),
+    /// Detection or alignment failed.
+    #[error(transparent)]
+    Still(#[from] StillError),
+    /// The chips could not be made into the trunk's input.
+    #[error(transparent)]
+    Input(#[from] EmbedError),
+    /// The trunk's output is not one 256×4×4 map per chip.
+    #[error("the trunk output is not one 256×4×4 map per chip")]
+    TrunkOutput,
 }
 
 /// Where maps are cached and how faces are found.
@@ -46,13 +62,8 @@ pub struct MapCache {
 impl MapCache {
     /// The cache for one trunk model (`trunk_sha256`) and face `settings`, under `root`.
     pub fn new(root: &Path, trunk_sha256: &str, settings: &str) -> Self {
-        let key = format!(
-            "trunk-{:.16}-{:.16}",
-            trunk_sha256,
-            sha256_hex(settings.as_bytes())
-        );
         Self {
-            dir: root.join(key),
+            dir: root.join(format!("trunk-{}", cache_key(trunk_sha256, settings))),
         }
     }
 
@@ -64,9 +75,11 @@ impl MapCache {
     fn file(&self, image_sha256: &str) -> PathBuf {
         self.dir.join(&image_sha256[..2]).join(image_sha256)
     }
+}
 
+impl JobCache<ImageMaps> for MapCache {
     /// The cached outcome of an image, if any (an unreadable cache file counts as absent).
-    pub fn get(&self, image_sha256: &str) -> Option<ImageMaps> {
+    fn get(&self, image_sha256: &str) -> Option<ImageMaps> {
         let bytes = std::fs::read(self.file(image_sha256)).ok()?;
         let maps_len = 2 * TRUNK_LEN * 4;
         let pair = |bytes: &[u8]| -> Box<MapPair> {
@@ -87,8 +100,8 @@ impl MapCache {
         }
     }
 
-    /// Stores an outcome (failures are not cached).
-    pub fn put(&self, image_sha256: &str, maps: &ImageMaps) -> Result<(), TrainError> {
+    /// Stores an outcome, one file per image.
+    fn put(&mut self, image_sha256: &str, maps: &ImageMaps) -> Result<(), CacheError> {
         let floats = |pair: &MapPair| -> Vec<u8> {
             pair.iter()
                 .flat_map(|m| m.iter().flat_map(|v| v.to_le_bytes()))
@@ -102,9 +115,9 @@ impl MapCache {
                 bytes
             }
             ImageMaps::NoFace => Vec::new(),
-            ImageMaps::Failed(_) => return Ok(()),
         };
-        super::write_atomically(&self.file(image_sha256), &bytes)
+        let path = self.file(image_sha256);
+        crate::files::write_atomic(&path, &bytes).map_err(|source| CacheError { path, source })
     }
 }
 
@@ -113,9 +126,8 @@ const WHOLE_IMAGE_MARK: u8 = b'W';
 
 /// One worker's models: detector, aligners and trunk.
 pub struct MapWorker {
-    detector: Mtcnn,
-    aligner: Aligner,
-    whole_image: Option<Aligner>,
+    chips: StillChips,
+    whole_image: bool,
     trunk: Model,
     trunk_input: String,
 }
@@ -129,7 +141,7 @@ impl MapWorker {
         trunk: &Path,
         detector: DetectorConfig,
         whole_image: bool,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, MapError> {
         let detector = Mtcnn::open(
             runtime,
             models_dir,
@@ -137,49 +149,32 @@ impl MapWorker {
                 largest_only: true,
                 ..detector
             },
-        )
-        .map_err(|e| TrainError::Setup(e.to_string()))?;
-        let trunk = runtime
-            .open(trunk)
-            .map_err(|e| TrainError::Setup(e.to_string()))?;
+        )?;
+        let trunk = runtime.open(trunk)?;
         let trunk_input = trunk
             .inputs()
             .first()
             .map(|i| i.name.clone())
             .unwrap_or_default();
         Ok(Self {
-            detector,
-            aligner: Aligner::new(AlignMode::FivePoint, CHIP_SIZE),
-            whole_image: whole_image
-                .then(|| Aligner::new(AlignMode::CropOnly { margin: BOX_MARGIN }, CHIP_SIZE)),
+            chips: StillChips::new(detector, AlignMode::FivePoint, CHIP_SIZE),
+            whole_image,
             trunk,
             trunk_input,
         })
     }
 
-    /// The aligned chip of the image's largest face, if any.
-    pub fn chip(&mut self, image: &RgbImage) -> Result<Option<RgbImage>, String> {
-        let faces = self.detector.detect(image).map_err(|e| e.to_string())?;
-        let Some(face) = faces.first() else {
-            return Ok(None);
-        };
-        self.aligner
-            .align(image, face)
-            .map(Some)
-            .map_err(|e| e.to_string())
+    /// The aligned chip of the image's largest face, if one is found.
+    pub fn chip(&mut self, image: &RgbImage) -> Result<Option<RgbImage>, MapError> {
+        let subject = self.chips.subject(image)?;
+        Ok(subject.detected.then_some(subject.chip))
     }
 
     /// Trunk maps (256×4×4, flattened) of each chip.
-    pub fn maps(&mut self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
-        let input = chips_tensor(chips, CHIP_SIZE).map_err(|e| e.to_string())?;
-        let outputs = self
-            .trunk
-            .run(&self.trunk_input, input.view())
-            .map_err(|e| e.to_string())?;
-        let map = outputs
-            .into_values()
-            .next()
-            .ok_or_else(|| "the trunk produced no output".to_string())?;
+    pub fn maps(&mut self, chips: &[RgbImage]) -> Result<Vec<Vec<f32>>, MapError> {
+        let input = chips_tensor(chips, CHIP_SIZE)?;
+        let outputs = self.trunk.run(&self.trunk_input, input.view())?;
+        let map = outputs.into_values().next().ok_or(MapError::TrunkOutput)?;
         Ok(map
             .axis_iter(Axis(0))
             .map(|m| m.iter().copied().collect::<Vec<f32>>())
@@ -187,77 +182,33 @@ impl MapWorker {
             .collect())
     }
 
-    /// Detection, alignment and the trunk on one image file.
-    pub fn image_maps(&mut self, path: &Path) -> ImageMaps {
-        let outcome = load_image(path)
-            .map_err(|e| e.to_string())
-            .and_then(|image| match self.chip(&image)? {
-                Some(chip) => Ok(ImageMaps::Face(self.mirrored_pair(chip)?)),
-                None => match &self.whole_image {
-                    Some(aligner) => {
-                        let chip = aligner
-                            .align(&image, &Face::covering(&image))
-                            .map_err(|e| e.to_string())?;
-                        Ok(ImageMaps::WholeImage(self.mirrored_pair(chip)?))
-                    }
-                    None => Ok(ImageMaps::NoFace),
-                },
-            });
-        outcome.unwrap_or_else(|e| ImageMaps::Failed(format!("{}: {e}", path.display())))
-    }
-
     /// The maps of a chip and of its mirror image.
-    fn mirrored_pair(&mut self, chip: RgbImage) -> Result<Box<MapPair>, String> {
+    fn mirrored_pair(&mut self, chip: RgbImage) -> Result<Box<MapPair>, MapError> {
         let mirrored = image::imageops::flip_horizontal(&chip);
         let mut maps = self.maps(&[chip, mirrored])?.into_iter();
         match (maps.next(), maps.next()) {
             (Some(a), Some(b)) => Ok(Box::new([a, b])),
-            _ => Err("the trunk output is not 256×4×4".to_string()),
+            _ => Err(MapError::TrunkOutput),
         }
     }
 }
 
-/// The maps of every image (`hashes[i]` is image i's sha256), from the cache or computed by
-/// the workers (one thread each) and cached. Stops early, leaving `Failed("interrupted")`,
-/// when `stop` is set.
-pub fn image_maps(
-    workers: Vec<MapWorker>,
-    paths: &[PathBuf],
-    hashes: &[String],
-    cache: &MapCache,
-    bar: &ProgressBar,
-    stop: &AtomicBool,
-) -> Result<Vec<ImageMaps>, TrainError> {
-    let mut outcomes: Vec<Option<ImageMaps>> = hashes.iter().map(|h| cache.get(h)).collect();
-    let todo: Vec<usize> = (0..paths.len())
-        .filter(|&i| outcomes[i].is_none())
-        .collect();
-    bar.inc((paths.len() - todo.len()) as u64);
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = crossbeam_channel::bounded::<(usize, ImageMaps)>(64);
-    std::thread::scope(|scope| -> Result<(), TrainError> {
-        for mut worker in workers {
-            let (tx, next, todo) = (tx.clone(), &next, &todo);
-            scope.spawn(move || {
-                while !stop.load(Ordering::Relaxed)
-                    && let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed))
-                {
-                    if tx.send((i, worker.image_maps(&paths[i]))).is_err() {
-                        return;
-                    }
-                }
-            });
+impl Worker for MapWorker {
+    type Output = ImageMaps;
+    type Error = MapError;
+
+    /// Detection, alignment and the trunk on one image: its subject's chip
+    /// ([`StillChips::subject`]) and that chip's mirror image.
+    fn process(&mut self, image: &RgbImage) -> Result<ImageMaps, MapError> {
+        let subject = self.chips.subject(image)?;
+        if !subject.detected && !self.whole_image {
+            return Ok(ImageMaps::NoFace);
         }
-        drop(tx);
-        for (i, maps) in rx {
-            cache.put(&hashes[i], &maps)?;
-            outcomes[i] = Some(maps);
-            bar.inc(1);
-        }
-        Ok(())
-    })?;
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| ImageMaps::Failed("interrupted".into())))
-        .collect())
+        let pair = self.mirrored_pair(subject.chip)?;
+        Ok(if subject.detected {
+            ImageMaps::Face(pair)
+        } else {
+            ImageMaps::WholeImage(pair)
+        })
+    }
 }

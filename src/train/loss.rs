@@ -7,9 +7,7 @@ use super::TrainError;
 use super::net::{BranchOutput, EMBEDDING_DIM, TASKS};
 
 /// How the three task losses are weighted.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Weighting {
     /// The unit is trained on `Σ wᵢ/(Lᵢ+0.01)`: weight moves to the task with the largest loss.

@@ -75,11 +75,11 @@ impl RmsProp {
     pub fn set_state(&mut self, state: Vec<Tensor>) -> Result<(), TrainError> {
         let n = self.vars.len();
         if state.len() != 2 * n {
-            return Err(TrainError::Checkpoint(format!(
-                "optimiser state has {} tensors, expected {}",
-                state.len(),
-                2 * n
-            )));
+            return Err(super::CheckpointError::OptimiserState {
+                found: state.len(),
+                expected: 2 * n,
+            }
+            .into());
         }
         let (ms, mom) = state.split_at(n);
         self.mean_square = ms.to_vec();

@@ -145,8 +145,12 @@ pub fn plot_log(log: &Path, out_dir: &Path, window: usize) -> Result<Vec<PathBuf
         ("weights.png", "task weights", "weight", "weight"),
     ] {
         let path = out_dir.join(file);
-        lines_png(&path, title, ("step", y), &curves(group))
-            .map_err(|e| TrainError::Report(e.to_string()))?;
+        lines_png(&path, title, ("step", y), &curves(group)).map_err(|source| {
+            TrainError::Plot {
+                path: path.clone(),
+                source,
+            }
+        })?;
         written.push(path);
     }
     Ok(written)
@@ -167,11 +171,12 @@ fn moving_average(values: &[f64], window: usize) -> Vec<(f64, f64)> {
 }
 
 /// Replaces (or appends) the README section of model `name`, delimited by markers so a
-/// retrained model replaces its own entry and nothing else.
+/// retrained model replaces its own entry and nothing else. A README that exists but cannot be
+/// read as UTF-8 text is refused, never replaced.
 pub fn upsert_readme_section(readme: &Path, name: &str, body: &str) -> Result<(), TrainError> {
     let begin = format!("<!-- carivis-train: {name} -->");
     let end = format!("<!-- /carivis-train: {name} -->");
-    let old = std::fs::read_to_string(readme).unwrap_or_default();
+    let old = read_readme(readme)?;
     let section = format!("{begin}\n{}\n{end}", body.trim_end());
     let new = match (old.find(&begin), old.find(&end)) {
         (Some(b), Some(e)) if e > b => {
@@ -181,6 +186,27 @@ pub fn upsert_readme_section(readme: &Path, name: &str, body: &str) -> Result<()
         _ => format!("{}\n\n{section}\n", old.trim_end()),
     };
     super::write_atomically(readme, new.as_bytes())
+}
+
+/// The README's text; empty when there is none yet.
+fn read_readme(readme: &Path) -> Result<String, TrainError> {
+    let bytes = match std::fs::read(readme) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => {
+            return Err(TrainError::Readme {
+                path: readme.to_path_buf(),
+                reason: format!("cannot read it ({e})"),
+            });
+        }
+    };
+    String::from_utf8(bytes).map_err(|e| TrainError::Readme {
+        path: readme.to_path_buf(),
+        reason: format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -198,6 +224,29 @@ mod tests {
         assert!(text.starts_with("# Models\n\nintro\n"));
         assert!(text.contains("second") && !text.contains("first"), "{text}");
         assert_eq!(text.matches("<!-- carivis-train: m.onnx -->").count(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_or_binary_readme_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let readme = dir.path().join("README.md");
+        let binary = b"# Models\n\xff\xfe not text".to_vec();
+        std::fs::write(&readme, &binary).unwrap();
+        let err = upsert_readme_section(&readme, "m.onnx", "entry").unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("README.md") && message.contains("not UTF-8"),
+            "{message}"
+        );
+        assert_eq!(
+            std::fs::read(&readme).unwrap(),
+            binary,
+            "the README is untouched"
+        );
+        let folder = dir.path().join("folder.md");
+        std::fs::create_dir(&folder).unwrap();
+        let err = upsert_readme_section(&folder, "m.onnx", "entry").unwrap_err();
+        assert!(err.to_string().contains("cannot read it"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::net::{
 };
 use super::onnx::TRUNK_LEN;
 use super::optim::{RmsProp, RmsPropConfig};
-use super::{Rng, TrainError};
+use super::{CheckpointError, Rng, TrainError};
 use crate::eval::metrics::{Scored, auc, rates_at, roc, threshold_at_far};
 use crate::types::Modality;
 
@@ -381,7 +381,7 @@ impl Trainer {
         let pairs = cross_modal_pairs(&inference.embeddings[0], examples);
         let (auc_value, tar) =
             if pairs.iter().any(|p| p.genuine) && pairs.iter().any(|p| !p.genuine) {
-                let curve = roc(&pairs).map_err(|e| TrainError::Data(e.to_string()))?;
+                let curve = roc(&pairs)?;
                 let impostors: Vec<f32> = pairs
                     .iter()
                     .filter(|p| !p.genuine)
@@ -440,7 +440,7 @@ impl Trainer {
         let mut take = |name: String| {
             state
                 .remove(&name)
-                .ok_or_else(|| TrainError::Checkpoint(format!("tensor `{name}` is missing")))
+                .ok_or(CheckpointError::MissingTensor(name))
         };
         for (t, branch) in self.branches.iter().enumerate() {
             for (k, var) in branch.vars().into_iter().enumerate() {
@@ -479,8 +479,7 @@ impl Trainer {
 
     /// The state tensors as safetensors bytes.
     pub fn state_bytes(&self) -> Result<Vec<u8>, TrainError> {
-        safetensors::serialize(self.state()?, None)
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))
+        Ok(safetensors::serialize(self.state()?, None).map_err(CheckpointError::from)?)
     }
 }
 
@@ -547,11 +546,11 @@ fn cross_modal_pairs(embeddings: &[f32], examples: &Examples) -> Vec<Scored> {
 
 fn set_checked(var: &Var, value: &Tensor) -> Result<(), TrainError> {
     if var.as_tensor().dims() != value.dims() {
-        return Err(TrainError::Checkpoint(format!(
-            "a tensor has shape {:?}, the network needs {:?} (trained with other classes?)",
-            value.dims(),
-            var.as_tensor().dims()
-        )));
+        return Err(CheckpointError::Shape {
+            found: value.dims().to_vec(),
+            expected: var.as_tensor().dims().to_vec(),
+        }
+        .into());
     }
     Ok(var.set(value)?)
 }

@@ -8,16 +8,76 @@ use clap::Args;
 use carivis::align::AlignMode;
 use carivis::detect::{DetectorConfig, Mtcnn};
 use carivis::embed::{DEFAULT_BATCH, DEFAULT_EMBEDDER, Embedder};
+use carivis::eval::BranchChoice;
+use carivis::eval::protocol::PairFormat;
 use carivis::models::default_models_dir;
+use carivis::pipeline::Pacing;
 use carivis::pipeline::still::StillFaces;
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
+use carivis::types::Modality;
+
+crate::cli_enum! {
+    /// Which execution provider to use.
+    DeviceArg => Device {
+        /// CUDA when this build and machine support it, otherwise CPU.
+        Auto,
+        /// CPU only.
+        Cpu,
+        /// CUDA, or fail saying why it is unavailable.
+        Cuda,
+    }
+}
+
+crate::cli_enum! {
+    /// Which kind of picture.
+    ModalityArg => Modality {
+        /// A photograph.
+        Photo,
+        /// A caricature.
+        Caricature,
+    }
+}
+
+crate::cli_enum! {
+    /// How frames are paced through the pipeline.
+    PacingArg => Pacing {
+        /// Files play at their own rate; frames the detector cannot take are dropped.
+        Live,
+        /// Every frame, in order, as fast as possible.
+        Offline,
+    }
+}
+
+crate::cli_enum! {
+    /// Which embedding branch comparisons use.
+    BranchArg => BranchChoice {
+        /// The shared branch.
+        Shared,
+        /// The photo branch.
+        Photo,
+        /// The caricature branch.
+        Caricature,
+        /// Shared across modalities, the modality's own within one (as galleries choose).
+        Auto,
+    }
+}
+
+crate::cli_enum! {
+    /// The pair-file formats understood.
+    PairFormatArg => PairFormat {
+        /// CaVI: `id Caricature/id\file.jpg id Real/id\file.jpg 0|1`.
+        Cavi,
+        /// WebCaricature: tab-separated `name C00001 P00001` or `name1 C00039 name2 P00006`.
+        Webcaricature,
+    }
+}
 
 /// Where models come from and how they run.
 #[derive(Args, Clone)]
 pub struct RuntimeArgs {
     /// Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (fail if unavailable).
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
     /// ONNX Runtime intra-op threads per model session.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -30,7 +90,7 @@ impl RuntimeArgs {
     /// Loads ONNX Runtime with these settings.
     pub fn runtime(&self) -> Result<Runtime> {
         Ok(Runtime::init(RuntimeConfig {
-            device: self.device,
+            device: self.device.into(),
             intra_threads: self.threads.max(1),
         })?)
     }

@@ -7,17 +7,22 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::args::RecognizerArgs;
+use indicatif::ProgressBar;
+
+use crate::args::{BranchArg, PairFormatArg, RecognizerArgs};
+use crate::progress::show_job;
 use carivis::eval::cache::default_cache_dir;
 use carivis::eval::identify::IdentifyOptions;
-use carivis::eval::protocol::{
-    LabelledImage, PairFormat, named_by_pairs, read_layout, read_manifest,
-};
+use carivis::eval::protocol::{named_by_pairs, read_layout, read_manifest};
 use carivis::eval::{
-    BranchChoice, Faces, IdentifyInput, ImageSummary, VerifyInput, identify, plots, verify,
+    BranchChoice, EvalError, Faces, IdentifyInput, ImageSummary, VerifyInput, identify, plots,
+    verify,
 };
+use carivis::jobs::Progress;
+use carivis::types::LabelledImage;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -33,8 +38,8 @@ pub enum EvalCommand {
 pub struct CommonArgs {
     /// Embedding branch to compare (auto: shared across modalities, the modality's own within
     /// one; a single-output model has only `shared`).
-    #[arg(long, value_enum, default_value_t = BranchChoice::Auto)]
-    branch: BranchChoice,
+    #[arg(long, value_enum, default_value_t = BranchArg::Auto)]
+    branch: BranchArg,
     /// Folder for report.json and the plots (created if missing).
     #[arg(long, value_name = "DIR", default_value = "eval-out")]
     out: PathBuf,
@@ -59,7 +64,7 @@ pub struct VerifyArgs {
     root: PathBuf,
     /// Pair-file format [default: recognised from the first line].
     #[arg(long, value_enum)]
-    format: Option<PairFormat>,
+    format: Option<PairFormatArg>,
     /// Cross-validation folds (pair i in fold i mod N).
     #[arg(long, default_value_t = 10)]
     folds: usize,
@@ -107,8 +112,12 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
     }
 }
 
-/// Opens one detector/aligner/embedder per worker, the cache and a progress bar.
-fn faces(common: &CommonArgs) -> Result<Faces> {
+/// Opens one detector/aligner/embedder per worker and runs `evaluate` with them, an embedding
+/// progress bar and Ctrl-C (which stops embedding; what was embedded stays cached).
+fn with_faces<T>(
+    common: &CommonArgs,
+    evaluate: impl FnOnce(Faces) -> Result<T, EvalError>,
+) -> Result<T> {
     let jobs = common
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -116,15 +125,13 @@ fn faces(common: &CommonArgs) -> Result<Faces> {
     let workers = (0..jobs)
         .map(|_| common.recognizer.still_faces(true))
         .collect::<Result<Vec<_>>>()?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "embedding [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    Ok(Faces {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    let bar = ProgressBar::hidden();
+    let progress = |p: Progress| show_job(&bar, p, "embedding");
+    let result = evaluate(Faces {
         workers,
         cache_dir: common.cache.clone().unwrap_or_else(default_cache_dir),
         settings: format!(
@@ -132,8 +139,11 @@ fn faces(common: &CommonArgs) -> Result<Faces> {
             common.recognizer.aligner.mode(),
             common.recognizer.detector.config(true)
         ),
-        bar,
-    })
+        progress: &progress,
+        stop: &stop,
+    });
+    bar.finish_and_clear();
+    Ok(result?)
 }
 
 /// The options as recorded in reports.
@@ -143,7 +153,7 @@ fn options_json(common: &CommonArgs) -> serde_json::Value {
         "embedder": r.embedder_path(),
         "align": format!("{:?}", r.aligner.mode()),
         "detector": format!("{:?}", r.detector.config(true)),
-        "branch": common.branch,
+        "branch": BranchChoice::from(common.branch),
         "batch": r.batch,
         "device": format!("{:?}", r.runtime.device),
     })
@@ -218,12 +228,12 @@ fn run_verify(args: &VerifyArgs) -> Result<ExitCode> {
     let input = VerifyInput {
         pairs_file: args.pairs.clone(),
         root: args.root.clone(),
-        format: args.format,
+        format: args.format.map(Into::into),
         folds: args.folds,
         fars: vec![0.01, 0.001],
-        branch: args.common.branch,
+        branch: args.common.branch.into(),
     };
-    let report = verify(&input, faces(&args.common)?)?;
+    let report = with_faces(&args.common, |faces| verify(&input, faces))?;
     let v = &report.verification;
     print_images(&report.images);
     println!(
@@ -274,7 +284,7 @@ fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
     let input = IdentifyInput {
         source,
         images,
-        branch: args.common.branch,
+        branch: args.common.branch.into(),
         options: IdentifyOptions {
             splits: args.splits,
             seed: args.seed,
@@ -284,7 +294,7 @@ fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
             impostor_pairs: 200_000,
         },
     };
-    let report = identify(&input, faces(&args.common)?)?;
+    let report = with_faces(&args.common, |faces| identify(&input, faces))?;
     print_images(&report.images);
     println!("identities: {}", report.identities);
     for d in &report.directions {

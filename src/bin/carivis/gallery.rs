@@ -7,13 +7,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{RecognizerArgs, RuntimeArgs, open_embedder, parse_floats};
+use crate::args::{ModalityArg, RecognizerArgs, RuntimeArgs, open_embedder, parse_floats};
 use carivis::capture::{IMAGE_EXTENSIONS, images_in, load_image};
 use carivis::embed::DEFAULT_EMBEDDER;
 use carivis::eval::{apply_thresholds, read_thresholds};
+use carivis::files::file_sha256;
 use carivis::gallery::store::Enrolment;
 use carivis::gallery::{Gallery, NewEntry};
-use carivis::pipeline::still::{StillFaces, file_sha256, model_id};
+use carivis::pipeline::still::{StillFaces, model_id};
 use carivis::types::{Embedding, Face, FaceBox, Modality};
 
 #[derive(Subcommand)]
@@ -73,7 +74,7 @@ pub struct AddArgs {
     name: String,
     /// What the images are.
     #[arg(long, value_enum)]
-    modality: Modality,
+    modality: ModalityArg,
     /// Images, or folders of images (jpg, png, bmp, webp, tiff).
     #[arg(required = true, value_name = "IMAGE_OR_DIR")]
     inputs: Vec<PathBuf>,
@@ -246,7 +247,7 @@ fn add(args: &AddArgs) -> Result<ExitCode> {
         "added {added} of {} image(s) as {:?} ({}); gallery now holds {} entries",
         files.len(),
         args.name,
-        args.modality,
+        Modality::from(args.modality),
         gallery.entries().len()
     );
     Ok(if failed > 0 {
@@ -265,7 +266,7 @@ fn add_entry(
     let source = std::fs::canonicalize(path).with_context(|| path.display().to_string())?;
     let entry = NewEntry {
         name: args.name.clone(),
-        modality: args.modality,
+        modality: args.modality.into(),
         source_sha256: file_sha256(&source).with_context(|| source.display().to_string())?,
         source,
         bbox: face.bbox.to_array(),

@@ -1,8 +1,10 @@
 //! The `carivis` command line: parses arguments, calls the library, prints. No logic of its own.
 
 mod args;
+mod cli_enum;
 mod eval;
 mod gallery;
+mod progress;
 mod recognise;
 mod video;
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use crate::args::RecognizerArgs;
+use crate::args::{ModalityArg, RecognizerArgs};
 use crate::for_each_file;
 use crate::gallery::shown;
 use carivis::capture::load_image;
@@ -24,8 +24,8 @@ pub struct IdentifyArgs {
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
     /// What the images are (decides which embedding branch and threshold are used).
-    #[arg(long, value_enum, default_value_t = Modality::Photo)]
-    modality: Modality,
+    #[arg(long, value_enum, default_value_t = ModalityArg::Photo)]
+    modality: ModalityArg,
     /// Candidate identities listed per face.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
@@ -96,7 +96,8 @@ pub fn identify(args: &IdentifyArgs) -> Result<ExitCode> {
             .faces(&image)
             .with_context(|| path.display().to_string())?
         {
-            let found = gallery.identify(&face.embedding, args.modality, thresholds.as_ref())?;
+            let found =
+                gallery.identify(&face.embedding, args.modality.into(), thresholds.as_ref())?;
             result.faces.push(identified_face(
                 face.face.bbox.to_array(),
                 found,
@@ -138,11 +139,11 @@ pub struct VerifyArgs {
     /// Second image (its largest face is used).
     b: PathBuf,
     /// What the first image is.
-    #[arg(long, value_enum, default_value_t = Modality::Photo)]
-    modality_a: Modality,
+    #[arg(long, value_enum, default_value_t = ModalityArg::Photo)]
+    modality_a: ModalityArg,
     /// What the second image is.
-    #[arg(long, value_enum, default_value_t = Modality::Photo)]
-    modality_b: Modality,
+    #[arg(long, value_enum, default_value_t = ModalityArg::Photo)]
+    modality_b: ModalityArg,
     /// Cosine-similarity threshold [default: the calibrated one for the two modalities].
     #[arg(long)]
     threshold: Option<f32>,
@@ -170,10 +171,11 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
         }
     };
     let (a, b) = (largest(&args.a)?, largest(&args.b)?);
-    let branch = Branch::for_pair(args.modality_a, args.modality_b, multi_task);
-    let similarity = carivis::gallery::index::dot(pick(&a, branch), pick(&b, branch));
+    let (modality_a, modality_b) = (args.modality_a.into(), args.modality_b.into());
+    let branch = Branch::for_pair(modality_a, modality_b, multi_task);
+    let similarity = carivis::types::dot(pick(&a, branch), pick(&b, branch));
     let threshold = args.threshold.unwrap_or_else(|| {
-        Thresholds::for_model(&faces.model_id().file).get(args.modality_a, args.modality_b)
+        Thresholds::for_model(&faces.model_id().file).get(modality_a, modality_b)
     });
     let same = similarity >= threshold;
     if args.json {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{RecognizerArgs, open_detector, open_embedder};
+use crate::args::{ModalityArg, PacingArg, RecognizerArgs, open_detector, open_embedder};
 use carivis::align::Aligner;
 use carivis::capture::{list_cameras, open_source};
 use carivis::gallery::Gallery;
@@ -17,7 +17,7 @@ use carivis::gallery::matching::Thresholds;
 use carivis::pipeline::still::model_id;
 use carivis::pipeline::{Pacing, PipelineConfig, RunReport, Stages, run};
 use carivis::sink::{Control, JsonlSink, Sink, SinkError, Tee, VideoSink, WindowSink};
-use carivis::types::{AnnotatedFrame, Modality};
+use carivis::types::AnnotatedFrame;
 
 /// Options every video command shares. Video commands detect on frames downscaled to 640 px
 /// and look for faces of 40 px and up by default (`--max-side`, `--min-face`): on 720p video
@@ -31,8 +31,8 @@ pub struct VideoArgs {
     #[arg(long)]
     threshold: Option<f32>,
     /// What the video shows (decides embedding branch and thresholds).
-    #[arg(long, value_enum, default_value_t = Modality::Photo)]
-    modality: Modality,
+    #[arg(long, value_enum, default_value_t = ModalityArg::Photo)]
+    modality: ModalityArg,
     /// Capacity of each queue between stages.
     #[arg(long, default_value_t = 4)]
     queue: usize,
@@ -73,7 +73,7 @@ impl VideoArgs {
             pacing,
             queue: self.queue,
             batch: self.recognizer.batch,
-            probe_modality: self.modality,
+            probe_modality: self.modality.into(),
             thresholds: self.threshold.map(Thresholds::uniform),
             max_frames: self.frames,
             loop_input,
@@ -140,7 +140,7 @@ pub struct BenchArgs {
         value_delimiter = ',',
         default_value = "offline,live"
     )]
-    modes: Vec<Pacing>,
+    modes: Vec<PacingArg>,
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
@@ -283,7 +283,7 @@ pub fn live(args: &LiveArgs) -> Result<ExitCode> {
 pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
     let stop = AtomicBool::new(false);
     let mut reports = Vec::new();
-    for &pacing in &args.modes {
+    for pacing in args.modes.iter().map(|&m| Pacing::from(m)) {
         let stages = args.video.stages()?;
         let config = args.video.config(pacing, false);
         let report = run(
