@@ -176,20 +176,18 @@ pub struct TrackedFace {
     pub bbox: FaceBox,
     /// Detector confidence.
     pub score: f32,
-    /// The track's identity by weighted vote over its frames ("unknown" when nobody).
-    pub identity: String,
+    /// The track's identity by weighted vote over its frames; `None` (JSON `null`) when the
+    /// vote goes to nobody in the gallery.
+    pub identity: Option<String>,
     /// This frame's similarity to its best candidate.
     pub similarity: f32,
     /// Modality of the entries this frame matched.
     pub matched_modality: Option<Modality>,
     /// Whether the track has been seen long enough for its identity to be settled.
     pub decided: bool,
-    /// This frame's own answer (the evidence behind the vote).
-    pub frame_identity: String,
+    /// This frame's own answer (the evidence behind the vote); `None` when nobody matched.
+    pub frame_identity: Option<String>,
 }
-
-/// Label shown for faces nobody in the gallery matches.
-pub const UNKNOWN: &str = "unknown";
 
 /// A frame after the pipeline, with its faces.
 #[derive(Clone, Debug)]
