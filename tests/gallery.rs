@@ -155,18 +155,19 @@ fn cavi_caricatures_against_enrolled_photos_rank_1_and_5() {
             rank5 += usize::from(rank.is_some_and(|r| r < 5));
         }
     }
+    let (rank1_rate, rank5_rate) = (rank1 as f64 / probes as f64, rank5 as f64 / probes as f64);
     eprintln!(
         "CaVI, 20 people, {} photo entries; {probes} caricature probes ({no_face} without a detected face): \
-         rank-1 {rank1}/{probes} = {:.3}, rank-5 {rank5}/{probes} = {:.3}",
+         rank-1 {rank1}/{probes} = {rank1_rate:.3}, rank-5 {rank5}/{probes} = {rank5_rate:.3}",
         gallery.entries().len(),
-        rank1 as f64 / probes as f64,
-        rank5 as f64 / probes as f64
     );
     assert!(probes >= 60, "{probes} probes");
-    assert!(
-        rank5 > rank1 && rank1 as f64 / probes as f64 > 1.0 / 20.0,
-        "no better than chance"
-    );
+    // README, "The dlib descriptor on all of CaVI", five-point: rank-1 C→P 45.33%, rank-5
+    // 65.44%, each caricature against all 205 people. This gallery holds 20 of them, which is
+    // easier (measured: rank-1 76.1%, rank-5 96.6%), so the documented figures minus a margin
+    // of 5 points are a floor.
+    assert!(rank1_rate >= 0.4533 - 0.05, "rank-1 {rank1_rate:.3}");
+    assert!(rank5_rate >= 0.6544 - 0.05, "rank-5 {rank5_rate:.3}");
 }
 
 fn carivis() -> Command {
@@ -229,7 +230,10 @@ fn a_gallery_survives_kill_9_during_add() {
     let dir = tempfile::tempdir().unwrap();
     let gallery = created_gallery(dir.path());
     run_ok(&mut add_chip(&gallery, "amy", 5));
-    let crowd_size = 20;
+    // About 9 ms per chip on 2 cores after ~0.3 s of start-up: the add lasts ~1.6 s, so the
+    // kills land before, during and after the save.
+    let crowd_size = 150;
+    let mut interrupted = 0;
     for delay_ms in [50, 150, 300, 500, 800, 1200] {
         let mut child = add_chip(&gallery, "crowd", crowd_size)
             .stdout(Stdio::null())
@@ -239,6 +243,7 @@ fn a_gallery_survives_kill_9_during_add() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let finished = child.wait().unwrap().success();
+        interrupted += usize::from(!finished);
         let listed = run_ok(carivis().args(["gallery", "list", "--json"]).arg(&gallery));
         let value: serde_json::Value = serde_json::from_str(&listed).unwrap();
         let crowd = value["entries"]
@@ -265,6 +270,11 @@ fn a_gallery_survives_kill_9_during_add() {
             .collect();
         assert!(stray.len() <= 4, "{stray:?}");
     }
+    eprintln!("{interrupted} of 6 adds killed before they finished");
+    assert!(
+        interrupted > 0,
+        "every add finished before its kill: nothing was tested"
+    );
 }
 
 #[test]
