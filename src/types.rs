@@ -227,6 +227,30 @@ mod tests {
     }
 
     #[test]
+    fn no_identity_serialises_as_null_and_a_person_named_unknown_as_the_name() {
+        let face = |identity: Option<&str>| TrackedFace {
+            track: 1,
+            bbox: FaceBox {
+                x1: 0.0,
+                y1: 0.0,
+                x2: 1.0,
+                y2: 1.0,
+            },
+            score: 0.9,
+            identity: identity.map(String::from),
+            similarity: 0.5,
+            matched_modality: None,
+            decided: true,
+            frame_identity: identity.map(String::from),
+        };
+        let nobody = serde_json::to_value(face(None)).unwrap();
+        assert!(nobody["identity"].is_null() && nobody["frame_identity"].is_null());
+        let named = serde_json::to_value(face(Some("unknown"))).unwrap();
+        assert_eq!(named["identity"], "unknown");
+        assert_eq!(named["frame_identity"], "unknown");
+    }
+
+    #[test]
     fn face_serialises_its_box_as_an_array() {
         let face = Face {
             bbox: FaceBox {
