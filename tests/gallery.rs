@@ -531,9 +531,12 @@ fn edit_manifest(gallery: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&file, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
 }
 
+/// The problem `gallery.json` must be refused with, and the edit that causes it.
+type ManifestEdit = (&'static str, fn(&mut serde_json::Value));
+
 #[test]
 fn an_edited_branch_list_or_dimension_is_refused_with_the_file_and_the_problem() {
-    let edits: [(&str, fn(&mut serde_json::Value)); 4] = [
+    let edits: [ManifestEdit; 4] = [
         ("unknown branch \"sketch\"", |v| {
             v["model"]["branches"][2] = "sketch".into()
         }),
