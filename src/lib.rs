@@ -2,6 +2,8 @@
 //! caricatures. The data path, one module per stage: `capture` → `detect` → `align` → `embed`
 //! → `gallery` → `render` → sinks, wired together only in `pipeline`.
 
+#![deny(missing_docs)]
+
 pub mod align;
 pub mod capture;
 pub mod cv;

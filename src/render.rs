@@ -5,7 +5,11 @@ use opencv::core::{Point, Rect, Scalar};
 use opencv::imgproc;
 
 use crate::cv::image_as_mat_mut;
-use crate::types::{RgbImage, TrackedFace, UNKNOWN};
+use crate::types::{RgbImage, TrackedFace};
+
+/// The word shown, on frames and in human-readable output, for a face nobody in the gallery
+/// matches (in JSON such a face's identity is `null`).
+pub const UNKNOWN_LABEL: &str = "unknown";
 
 /// Box colour (RGB) of a face whose identity is settled.
 const KNOWN: [f64; 3] = [40.0, 200.0, 60.0];
@@ -46,11 +50,7 @@ pub fn draw(image: &mut RgbImage, faces: &[TrackedFace], status: Status) -> open
     let scale = (f64::from(image.height()) / 720.0).clamp(0.4, 2.0);
     let mut mat = image_as_mat_mut(image)?;
     for face in faces {
-        let fill = match (face.decided, face.identity == UNKNOWN) {
-            (false, _) => UNDECIDED,
-            (true, true) => STRANGER,
-            (true, false) => KNOWN,
-        };
+        let fill = fill_of(face);
         let b = face.bbox;
         let rect = Rect::new(
             b.x1 as i32,
@@ -66,7 +66,11 @@ pub fn draw(image: &mut RgbImage, faces: &[TrackedFace], status: Status) -> open
             imgproc::LINE_8,
             0,
         )?;
-        let label = drawable(&format!("{} {:.2}", face.identity, face.similarity));
+        let label = drawable(&format!(
+            "{} {:.2}",
+            face.identity.as_deref().unwrap_or(UNKNOWN_LABEL),
+            face.similarity
+        ));
         label_above(&mut mat, &label, Point::new(rect.x, rect.y), fill, scale)?;
     }
     let line = format!("{:.1} fps  dropped {}", status.fps, status.dropped);
@@ -77,6 +81,15 @@ pub fn draw(image: &mut RgbImage, faces: &[TrackedFace], status: Status) -> open
         [0.0, 0.0, 0.0],
         scale,
     )
+}
+
+/// Box colour of a face: undecided, a stranger (no identity), or known.
+fn fill_of(face: &TrackedFace) -> [f64; 3] {
+    match (face.decided, &face.identity) {
+        (false, _) => UNDECIDED,
+        (true, None) => STRANGER,
+        (true, Some(_)) => KNOWN,
+    }
 }
 
 /// Writes `text` on a filled band whose bottom-left corner is `at`.
@@ -114,10 +127,8 @@ mod tests {
     use super::*;
     use crate::types::FaceBox;
 
-    #[test]
-    fn a_face_box_and_its_label_are_drawn_in_the_track_colour() {
-        let mut image = RgbImage::new(320, 240);
-        let face = TrackedFace {
+    fn decided_face(identity: Option<&str>) -> TrackedFace {
+        TrackedFace {
             track: 1,
             bbox: FaceBox {
                 x1: 100.0,
@@ -126,12 +137,24 @@ mod tests {
                 y2: 200.0,
             },
             score: 0.99,
-            identity: "ann".into(),
+            identity: identity.map(String::from),
             similarity: 0.95,
             matched_modality: None,
             decided: true,
-            frame_identity: "ann".into(),
-        };
+            frame_identity: identity.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_person_named_unknown_is_drawn_as_known_and_nobody_as_a_stranger() {
+        assert_eq!(fill_of(&decided_face(Some(UNKNOWN_LABEL))), KNOWN);
+        assert_eq!(fill_of(&decided_face(None)), STRANGER);
+    }
+
+    #[test]
+    fn a_face_box_and_its_label_are_drawn_in_the_track_colour() {
+        let mut image = RgbImage::new(320, 240);
+        let face = decided_face(Some("ann"));
         draw(
             &mut image,
             &[face],

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::types::{FaceBox, Modality, TrackedFace, UNKNOWN};
+use crate::types::{FaceBox, Modality, TrackedFace};
 
 /// Tracker settings.
 #[derive(Clone, Copy, Debug)]
@@ -105,14 +105,11 @@ impl Tracker {
                 track: track.id,
                 bbox: observation.bbox,
                 score: observation.score,
-                identity: track.leader().unwrap_or_else(|| UNKNOWN.into()),
+                identity: track.leader(),
                 similarity: observation.similarity,
                 matched_modality: observation.matched_modality,
                 decided: track.frames >= self.config.frames_to_decide,
-                frame_identity: observation
-                    .identity
-                    .clone()
-                    .unwrap_or_else(|| UNKNOWN.into()),
+                frame_identity: observation.identity.clone(),
             });
         }
         for (track, seen) in self.tracks.iter_mut().zip(seen) {
@@ -188,8 +185,8 @@ mod tests {
         }
         let out = tracker.update(&[seen(15.0, Some("bob"), 0.91)]);
         assert_eq!(out[0].track, 1);
-        assert_eq!(out[0].identity, "ann");
-        assert_eq!(out[0].frame_identity, "bob");
+        assert_eq!(out[0].identity.as_deref(), Some("ann"));
+        assert_eq!(out[0].frame_identity.as_deref(), Some("bob"));
         assert!(out[0].decided);
     }
 
@@ -203,8 +200,8 @@ mod tests {
         tracker.update(&[seen(0.0, Some("ann"), 0.95), seen(500.0, Some("bob"), 0.95)]);
         let third = tracker.update(&[seen(0.0, Some("ann"), 0.95), seen(500.0, Some("bob"), 0.95)]);
         assert_eq!(
-            (third[1].identity.as_str(), third[1].decided),
-            ("bob", true)
+            (third[1].identity.as_deref(), third[1].decided),
+            (Some("bob"), true)
         );
     }
 
@@ -219,6 +216,6 @@ mod tests {
         tracker.update(&[]);
         let out = tracker.update(&[seen(0.0, None, 0.3)]);
         assert_eq!(out[0].track, 2);
-        assert_eq!(out[0].identity, UNKNOWN);
+        assert_eq!(out[0].identity, None);
     }
 }

@@ -166,20 +166,18 @@ pub struct TrackedFace {
     pub bbox: FaceBox,
     /// Detector confidence.
     pub score: f32,
-    /// The track's identity by weighted vote over its frames ("unknown" when nobody).
-    pub identity: String,
+    /// The track's identity by weighted vote over its frames; `None` (JSON `null`) when the
+    /// vote goes to nobody in the gallery.
+    pub identity: Option<String>,
     /// This frame's similarity to its best candidate.
     pub similarity: f32,
     /// Modality of the entries this frame matched.
     pub matched_modality: Option<Modality>,
     /// Whether the track has been seen long enough for its identity to be settled.
     pub decided: bool,
-    /// This frame's own answer (the evidence behind the vote).
-    pub frame_identity: String,
+    /// This frame's own answer (the evidence behind the vote); `None` when nobody matched.
+    pub frame_identity: Option<String>,
 }
-
-/// Label shown for faces nobody in the gallery matches.
-pub const UNKNOWN: &str = "unknown";
 
 /// A frame after the pipeline, with its faces.
 #[derive(Clone, Debug)]
@@ -252,6 +250,30 @@ mod tests {
             y2: 11.0,
         };
         assert_eq!(a.iou(&far), 0.0);
+    }
+
+    #[test]
+    fn no_identity_serialises_as_null_and_a_person_named_unknown_as_the_name() {
+        let face = |identity: Option<&str>| TrackedFace {
+            track: 1,
+            bbox: FaceBox {
+                x1: 0.0,
+                y1: 0.0,
+                x2: 1.0,
+                y2: 1.0,
+            },
+            score: 0.9,
+            identity: identity.map(String::from),
+            similarity: 0.5,
+            matched_modality: None,
+            decided: true,
+            frame_identity: identity.map(String::from),
+        };
+        let nobody = serde_json::to_value(face(None)).unwrap();
+        assert!(nobody["identity"].is_null() && nobody["frame_identity"].is_null());
+        let named = serde_json::to_value(face(Some("unknown"))).unwrap();
+        assert_eq!(named["identity"], "unknown");
+        assert_eq!(named["frame_identity"], "unknown");
     }
 
     #[test]

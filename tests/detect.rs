@@ -9,7 +9,7 @@ use std::process::Command;
 use carivis::capture::load_image;
 use carivis::detect::{DetectorConfig, Mtcnn};
 use carivis::types::{Face, FaceBox};
-use common::{cpu_runtime, data_dir, models_dir, repo_file};
+use common::{astronaut_chip, cpu_runtime, data_dir, models_dir, repo_file};
 use serde_json::Value;
 
 /// Largest allowed distance between our and the reference's box corners and landmarks.
@@ -142,19 +142,19 @@ fn recall_against_hand_labelled_boxes() {
     let recall = found as f64 / labelled as f64;
     eprintln!("recall {found}/{labelled} = {recall:.3}, unmatched detections {false_positives}");
     assert!(labelled > 20);
-    assert!(recall >= 0.8, "recall {recall}");
+    // README (tests): recall 42/43 = 97.7% and no false detections on these 9 photos, with
+    // the default settings. Margin: 5 points of recall (two more misses); none for false
+    // detections (a detection matching no labelled box at IoU 0.4).
+    assert!(recall >= 42.0 / 43.0 - 0.05, "recall {recall}");
+    assert_eq!(false_positives, 0, "detections matching no labelled face");
 }
 
 #[test]
 fn detect_reports_bad_files_one_by_one_and_still_processes_the_rest() {
-    let Some(data) = data_dir("detect_reports_bad_files_one_by_one_and_still_processes_the_rest")
-    else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.jpg");
     std::fs::write(&text, "hello").unwrap();
-    let astronaut = data.join("faces/skimage/astronaut.png");
+    let astronaut = astronaut_chip();
     let truncated = dir.path().join("truncated.png");
     let bytes = std::fs::read(&astronaut).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
@@ -202,7 +202,7 @@ fn detect_reports_bad_files_one_by_one_and_still_processes_the_rest() {
     assert_eq!(results.len(), 3, "{stdout}");
     for result in &results {
         assert_eq!(result["faces"].as_array().unwrap().len(), 1, "{result}");
-        assert_eq!(result["width"], 512);
+        assert_eq!(result["width"], 150);
     }
 }
 

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use carivis::capture::load_image;
 use carivis::files::file_sha256;
+use carivis::gallery::matching::Thresholds;
 use carivis::gallery::store::{Enrolment, ModelId};
 use carivis::gallery::{Gallery, GalleryError, NewEntry};
 use carivis::pipeline::still::StillFaces;
 use carivis::types::Modality;
-use common::{data_dir, still_faces};
+use common::{astronaut_chip, data_dir, models_dir, still_faces};
 
 /// Border for the Big Bang Theory crops: 150×150 images the face fills.
 const CROP_BORDER: f32 = 0.1;
@@ -155,18 +156,19 @@ fn cavi_caricatures_against_enrolled_photos_rank_1_and_5() {
             rank5 += usize::from(rank.is_some_and(|r| r < 5));
         }
     }
+    let (rank1_rate, rank5_rate) = (rank1 as f64 / probes as f64, rank5 as f64 / probes as f64);
     eprintln!(
         "CaVI, 20 people, {} photo entries; {probes} caricature probes ({no_face} without a detected face): \
-         rank-1 {rank1}/{probes} = {:.3}, rank-5 {rank5}/{probes} = {:.3}",
+         rank-1 {rank1}/{probes} = {rank1_rate:.3}, rank-5 {rank5}/{probes} = {rank5_rate:.3}",
         gallery.entries().len(),
-        rank1 as f64 / probes as f64,
-        rank5 as f64 / probes as f64
     );
     assert!(probes >= 60, "{probes} probes");
-    assert!(
-        rank5 > rank1 && rank1 as f64 / probes as f64 > 1.0 / 20.0,
-        "no better than chance"
-    );
+    // README, "The dlib descriptor on all of CaVI", five-point: rank-1 C→P 45.33%, rank-5
+    // 65.44%, each caricature against all 205 people. This gallery holds 20 of them, which is
+    // easier (measured: rank-1 76.1%, rank-5 96.6%), so the documented figures minus a margin
+    // of 5 points are a floor.
+    assert!(rank1_rate >= 0.4533 - 0.05, "rank-1 {rank1_rate:.3}");
+    assert!(rank5_rate >= 0.6544 - 0.05, "rank-5 {rank5_rate:.3}");
 }
 
 fn carivis() -> Command {
@@ -184,6 +186,39 @@ fn run_ok(command: &mut Command) -> String {
     text
 }
 
+/// Border that lets MTCNN find the face filling the astronaut chip.
+const CHIP_BORDER: &str = "0.1";
+
+/// `carivis gallery add` of `copies` copies of the astronaut chip as photos of `name`.
+fn add_chip(gallery: &Path, name: &str, copies: usize) -> Command {
+    let mut command = carivis();
+    command
+        .args([
+            "gallery",
+            "add",
+            "--border",
+            CHIP_BORDER,
+            "--modality",
+            "photo",
+        ])
+        .args(["--name", name])
+        .arg(gallery)
+        .args(vec![astronaut_chip(); copies]);
+    command
+}
+
+/// `carivis identify --json` of the astronaut chip (with `extra` arguments): its one line.
+fn identify_chip(gallery: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run_ok(
+        carivis()
+            .args(["identify", "--json", "--border", CHIP_BORDER, "--gallery"])
+            .arg(gallery)
+            .args(extra)
+            .arg(astronaut_chip()),
+    );
+    serde_json::from_str(out.lines().next().unwrap()).unwrap()
+}
+
 /// A new, empty gallery made with `carivis gallery create` in `dir/g`.
 fn created_gallery(dir: &Path) -> PathBuf {
     let gallery = dir.join("g");
@@ -191,53 +226,17 @@ fn created_gallery(dir: &Path) -> PathBuf {
     gallery
 }
 
-fn photos(data: &Path, person: &str) -> Vec<PathBuf> {
-    let dir = data.join("faces/face_api_js/examples/images").join(person);
-    (1..=5)
-        .map(|i| dir.join(format!("{person}{i}.png")))
-        .collect()
-}
-
 #[test]
 fn a_gallery_survives_kill_9_during_add() {
-    let Some(data) = data_dir("a_gallery_survives_kill_9_during_add") else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let gallery = created_gallery(dir.path());
-    run_ok(
-        carivis()
-            .args([
-                "gallery",
-                "add",
-                "--border",
-                "0.1",
-                "--name",
-                "amy",
-                "--modality",
-                "photo",
-            ])
-            .arg(&gallery)
-            .args(photos(&data, "amy")),
-    );
-    let many: Vec<PathBuf> = ["penny", "raj", "sheldon", "leonard"]
-        .iter()
-        .flat_map(|p| photos(&data, p))
-        .collect();
+    run_ok(&mut add_chip(&gallery, "amy", 5));
+    // About 9 ms per chip on 2 cores after ~0.3 s of start-up: the add lasts ~1.6 s, so the
+    // kills land before, during and after the save.
+    let crowd_size = 150;
+    let mut interrupted = 0;
     for delay_ms in [50, 150, 300, 500, 800, 1200] {
-        let mut child = carivis()
-            .args([
-                "gallery",
-                "add",
-                "--border",
-                "0.1",
-                "--name",
-                "crowd",
-                "--modality",
-                "photo",
-            ])
-            .arg(&gallery)
-            .args(&many)
+        let mut child = add_chip(&gallery, "crowd", crowd_size)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -245,6 +244,7 @@ fn a_gallery_survives_kill_9_during_add() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let finished = child.wait().unwrap().success();
+        interrupted += usize::from(!finished);
         let listed = run_ok(carivis().args(["gallery", "list", "--json"]).arg(&gallery));
         let value: serde_json::Value = serde_json::from_str(&listed).unwrap();
         let crowd = value["entries"]
@@ -254,7 +254,7 @@ fn a_gallery_survives_kill_9_during_add() {
             .filter(|e| e["name"] == "crowd")
             .count();
         assert!(
-            crowd % many.len() == 0,
+            crowd % crowd_size == 0,
             "after kill at {delay_ms} ms: {crowd} crowd entries (partial add)"
         );
         if !finished && crowd > 0 {
@@ -271,6 +271,11 @@ fn a_gallery_survives_kill_9_during_add() {
             .collect();
         assert!(stray.len() <= 4, "{stray:?}");
     }
+    eprintln!("{interrupted} of 6 adds killed before they finished");
+    assert!(
+        interrupted > 0,
+        "every add finished before its kill: nothing was tested"
+    );
 }
 
 #[test]
@@ -336,9 +341,6 @@ fn a_truncated_embeddings_file_is_named_in_the_error() {
 
 #[test]
 fn a_gallery_from_another_model_is_refused() {
-    let Some(data) = data_dir("a_gallery_from_another_model_is_refused") else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("g");
     let other = ModelId {
@@ -351,7 +353,7 @@ fn a_gallery_from_another_model_is_refused() {
     let out = carivis()
         .args(["identify", "--gallery"])
         .arg(&path)
-        .arg(data.join("faces/skimage/astronaut.png"))
+        .arg(astronaut_chip())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -364,19 +366,10 @@ fn a_gallery_from_another_model_is_refused() {
 
 #[test]
 fn hostile_names_are_stored_as_text_and_shown_escaped() {
-    let Some(data) = data_dir("hostile_names_are_stored_as_text_and_shown_escaped") else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let gallery = created_gallery(dir.path());
-    let astronaut = data.join("faces/skimage/astronaut.png");
     for name in ["../../etc", "two\nlines", "tab\there \"quoted\""] {
-        run_ok(
-            carivis()
-                .args(["gallery", "add", "--modality", "photo", "--name", name])
-                .arg(&gallery)
-                .arg(&astronaut),
-        );
+        run_ok(&mut add_chip(&gallery, name, 1));
     }
     let files: Vec<String> = std::fs::read_dir(&gallery)
         .unwrap()
@@ -414,14 +407,7 @@ fn hostile_names_are_stored_as_text_and_shown_escaped() {
             .args(["gallery", "remove", "--name", "two\nlines"])
             .arg(&gallery),
     );
-    let identified = run_ok(
-        carivis()
-            .args(["identify", "--json", "--gallery"])
-            .arg(&gallery)
-            .arg(&astronaut),
-    );
-    let value: serde_json::Value =
-        serde_json::from_str(identified.lines().next().unwrap()).unwrap();
+    let value = identify_chip(&gallery, &[]);
     assert_eq!(value["faces"][0]["identity"], "../../etc");
 }
 
@@ -504,4 +490,126 @@ fn add_refuses_images_without_exactly_one_face_and_explains() {
     ))
     .unwrap();
     assert_eq!(json["entries"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_person_named_unknown_is_told_apart_from_no_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let gallery = created_gallery(dir.path());
+    run_ok(&mut add_chip(&gallery, "unknown", 1));
+    let matched = identify_chip(&gallery, &[]);
+    assert_eq!(matched["faces"][0]["identity"], "unknown", "{matched}");
+    // No similarity reaches a threshold above 1: nobody matches.
+    let unmatched = identify_chip(&gallery, &["--threshold", "1.5"]);
+    assert!(unmatched["faces"][0]["identity"].is_null(), "{unmatched}");
+    assert_eq!(
+        unmatched["faces"][0]["candidates"][0]["identity"],
+        "unknown"
+    );
+
+    let table = run_ok(
+        carivis()
+            .args([
+                "identify",
+                "--border",
+                CHIP_BORDER,
+                "--threshold",
+                "1.5",
+                "--gallery",
+            ])
+            .arg(&gallery)
+            .arg(astronaut_chip()),
+    );
+    assert!(table.contains("unknown  similarity"), "{table}");
+}
+
+/// Reads `gallery.json` of `gallery`, changes it with `edit`, and writes it back.
+fn edit_manifest(gallery: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let file = gallery.join("gallery.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(&file, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+}
+
+/// The problem `gallery.json` must be refused with, and the edit that causes it.
+type ManifestEdit = (&'static str, fn(&mut serde_json::Value));
+
+#[test]
+fn an_edited_branch_list_or_dimension_is_refused_with_the_file_and_the_problem() {
+    let edits: [ManifestEdit; 4] = [
+        ("unknown branch \"sketch\"", |v| {
+            v["model"]["branches"][2] = "sketch".into()
+        }),
+        ("listed twice", |v| {
+            v["model"]["branches"][2] = "photo".into()
+        }),
+        ("expected [\"shared\"]", |v| {
+            v["model"]["branches"] = serde_json::json!(["shared", "photo"])
+        }),
+        ("dimension is 0", |v| v["model"]["dim"] = 0.into()),
+    ];
+    for (problem, edit) in edits {
+        let dir = tempfile::tempdir().unwrap();
+        let gallery = created_gallery(dir.path());
+        run_ok(&mut add_chip(&gallery, "ann", 1));
+        edit_manifest(&gallery, edit);
+        let manifest = gallery.join("gallery.json");
+        let err = Gallery::open_unchecked(&gallery).err().unwrap();
+        assert!(
+            matches!(&err, GalleryError::InvalidModel { file, .. } if *file == manifest),
+            "{err}"
+        );
+        assert!(err.to_string().contains(problem), "{err}");
+        for command in [&["gallery", "list"][..], &["identify", "--gallery"]] {
+            let out = carivis()
+                .args(command)
+                .arg(&gallery)
+                .args(command.contains(&"identify").then(astronaut_chip))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+            assert!(
+                stderr.contains(&manifest.display().to_string())
+                    && stderr.contains(problem)
+                    && !stderr.contains("panicked"),
+                "{command:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn thresholds_follow_the_model_checksum_not_its_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (committed, expected) in [
+        ("dlib_resnet_v1.onnx", Thresholds::dlib()),
+        ("carivis_mtl.onnx", Thresholds::default()),
+    ] {
+        let renamed = dir.path().join(format!("renamed-{committed}"));
+        std::fs::copy(models_dir().join(committed), &renamed).unwrap();
+        let gallery = dir.path().join(format!("g-{committed}"));
+        run_ok(
+            carivis()
+                .args(["gallery", "create"])
+                .arg(&gallery)
+                .arg("--embedder")
+                .arg(&renamed),
+        );
+        let opened = Gallery::open_unchecked(&gallery).unwrap();
+        assert_eq!(opened.settings().thresholds, expected, "{committed}");
+    }
+    let unknown = ModelId {
+        file: "dlib_resnet_v1.onnx".into(),
+        sha256: "0".repeat(64),
+        branches: vec!["shared".into()],
+        dim: 128,
+    };
+    let gallery = Gallery::create(&dir.path().join("g-unknown"), unknown).unwrap();
+    assert_eq!(
+        gallery.settings().thresholds,
+        Thresholds::default(),
+        "an unknown model starts with the default model's thresholds, whatever its name"
+    );
 }

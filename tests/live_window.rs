@@ -1,13 +1,12 @@
 //! `carivis live` in a real window: under Xvfb, playing the sample video, a screenshot of the
 //! screen must show the video frame with a labelled box drawn on it.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn repo(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
+use common::repo_file as repo;
 
 fn available(tool: &str) -> bool {
     Command::new("sh")
@@ -29,8 +28,9 @@ impl Drop for Reaper {
 #[test]
 fn live_shows_frames_and_labels_in_a_window() {
     if !available("Xvfb") || !available("import") {
-        eprintln!(
-            "SKIPPED live_shows_frames_and_labels_in_a_window: Xvfb or ImageMagick's import missing (scripts/setup installs them)"
+        common::skip(
+            "live_shows_frames_and_labels_in_a_window",
+            "Xvfb or ImageMagick's import missing (scripts/setup installs them)",
         );
         return;
     }

@@ -284,7 +284,7 @@ fn thresholds_section(
     model: &ModelId,
     measured: BTreeMap<String, MeasuredThreshold>,
 ) -> ThresholdsSection {
-    let defaults = Thresholds::for_model(&model.file);
+    let defaults = Thresholds::for_checksum(&model.sha256);
     let kept_at_default = MODALITIES
         .iter()
         .flat_map(|&p| MODALITIES.map(|e| (p, e)))

@@ -20,6 +20,14 @@ pub enum Branch {
 }
 
 impl Branch {
+    /// Every branch, in the order models produce them.
+    pub const ALL: [Branch; 3] = [Branch::Shared, Branch::Photo, Branch::Caricature];
+
+    /// The branch stored under `name` ([`Branch::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Branch> {
+        Branch::ALL.into_iter().find(|b| b.name() == name)
+    }
+
     /// The branch to compare a probe of `probe` modality with entries of `entry` modality:
     /// shared across modalities, the modality's own branch within one (when the model has it).
     pub fn for_pair(probe: Modality, entry: Modality, multi_task: bool) -> Branch {
@@ -77,11 +85,12 @@ impl Thresholds {
 }
 
 impl Thresholds {
-    /// The thresholds calibrated for a committed model, by file name: FAR 1% on CaVI images
-    /// the model never trained on (`eval-results/`). Any other model gets the default model's;
-    /// calibrate it with `carivis eval` and `carivis gallery set-thresholds`.
-    pub fn for_model(file: &str) -> Self {
-        if file == DLIB_MODEL_FILE {
+    /// The thresholds calibrated for a committed model, recognised by the sha256 of its file
+    /// (`models/SHA256SUMS`), so a renamed copy keeps them: FAR 1% on CaVI images the model
+    /// never trained on (`eval-results/`). Any other model gets the default model's; calibrate
+    /// it with `carivis eval` and `carivis gallery set-thresholds`.
+    pub fn for_checksum(sha256: &str) -> Self {
+        if crate::models::shipped_sha256(DLIB_MODEL_FILE) == Some(sha256) {
             Self::dlib()
         } else {
             Self::default()
@@ -112,7 +121,8 @@ impl Default for Thresholds {
     }
 }
 
-/// File name of the dlib descriptor model, whose thresholds differ from the default model's.
+/// File name of the committed dlib descriptor model (in `models/SHA256SUMS`), whose thresholds
+/// differ from the default model's.
 const DLIB_MODEL_FILE: &str = "dlib_resnet_v1.onnx";
 
 /// Photo↔photo cosine threshold for the dlib descriptor: FAR 1% over every same-person CaVI
@@ -211,6 +221,18 @@ pub fn rank_identities(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_follow_the_model_checksum_not_its_name() {
+        let dlib = crate::models::shipped_sha256(DLIB_MODEL_FILE).unwrap();
+        let multi_task = crate::models::shipped_sha256("carivis_mtl.onnx").unwrap();
+        assert_eq!(Thresholds::for_checksum(dlib), Thresholds::dlib());
+        assert_eq!(Thresholds::for_checksum(multi_task), Thresholds::default());
+        assert_eq!(
+            Thresholds::for_checksum(&"0".repeat(64)),
+            Thresholds::default()
+        );
+    }
 
     #[test]
     fn cross_modal_pairs_use_the_shared_branch() {

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use index::Index;
 use matching::{Branch, Candidate, Neighbour, Thresholds, rank_identities};
-use store::{Entry, Lock, Manifest, ModelId, Settings};
+use store::{Entry, Lock, Manifest, ModelId, ModelProblem, Settings};
 
 use crate::types::{Embedding, Modality};
 
@@ -34,6 +34,14 @@ pub enum GalleryError {
         file: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+    /// `gallery.json` describes embeddings this build cannot use (edited by hand?).
+    #[error("gallery file {file} describes unusable embeddings: {problem}")]
+    InvalidModel {
+        /// The gallery's `gallery.json`.
+        file: PathBuf,
+        /// What is wrong with its `model` section.
+        problem: ModelProblem,
     },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
@@ -151,7 +159,7 @@ impl Gallery {
         std::fs::create_dir_all(dir).map_err(|e| GalleryError::io(dir, e))?;
         let lock = store::lock(dir)?;
         let settings = Settings {
-            thresholds: Thresholds::for_model(&model.file),
+            thresholds: Thresholds::for_checksum(&model.sha256),
             ..Settings::default()
         };
         let mut manifest = Manifest {
@@ -261,20 +269,21 @@ impl Gallery {
     }
 
     fn branches(&self) -> Vec<Branch> {
-        [Branch::Shared, Branch::Photo, Branch::Caricature]
+        Branch::ALL
             .into_iter()
             .filter(|b| self.manifest.model.branches.iter().any(|n| n == b.name()))
             .collect()
     }
 
-    /// The stored row of an entry as one slice per branch, in the model's branch order.
+    /// The stored vector of one branch of an entry. Only called for [`Gallery::branches`],
+    /// which `store::load` checked against the row layout.
     fn branch_vector(&self, entry: usize, branch: Branch) -> &[f32] {
         let model = &self.manifest.model;
         let slot = model
             .branches
             .iter()
             .position(|n| n == branch.name())
-            .expect("branch stored");
+            .expect("a branch of Gallery::branches is stored");
         let start = entry * store::row_len(model) + slot * model.dim;
         &self.vectors[start..start + model.dim]
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::GalleryError;
 use super::index::HnswParams;
-use super::matching::Thresholds;
+use super::matching::{Branch, Thresholds};
 use crate::types::{Landmarks, Modality};
 
 /// Manifest file name inside a gallery directory.
@@ -33,6 +33,49 @@ pub struct ModelId {
     pub branches: Vec<String>,
     /// Dimension of each branch.
     pub dim: usize,
+}
+
+/// What is wrong with a gallery's model description: anything that would make its rows
+/// unreadable or leave a comparison without its branch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModelProblem {
+    /// A branch name that is not `shared`, `photo` or `caricature`.
+    #[error("unknown branch {0:?} (branches are shared, photo and caricature)")]
+    UnknownBranch(String),
+    /// A branch listed twice.
+    #[error("branch {0:?} is listed twice")]
+    RepeatedBranch(String),
+    /// Neither a single-output model's `["shared"]` nor all three multi-task branches.
+    #[error(
+        "branches {0:?}: expected [\"shared\"] (one output) or shared, photo and caricature (multi-task)"
+    )]
+    IncompleteBranches(Vec<String>),
+    /// An embedding dimension of 0.
+    #[error("embedding dimension is 0")]
+    ZeroDimension,
+}
+
+impl ModelId {
+    /// Checks that the branches and dimension describe rows a gallery can store and compare:
+    /// `["shared"]` or the three multi-task branches (any order, each once), and `dim > 0`.
+    pub fn validate(&self) -> Result<(), ModelProblem> {
+        let mut seen = Vec::with_capacity(self.branches.len());
+        for name in &self.branches {
+            let branch =
+                Branch::from_name(name).ok_or_else(|| ModelProblem::UnknownBranch(name.clone()))?;
+            if seen.contains(&branch) {
+                return Err(ModelProblem::RepeatedBranch(name.clone()));
+            }
+            seen.push(branch);
+        }
+        if seen != [Branch::Shared] && seen.len() != Branch::ALL.len() {
+            return Err(ModelProblem::IncompleteBranches(self.branches.clone()));
+        }
+        if self.dim == 0 {
+            return Err(ModelProblem::ZeroDimension);
+        }
+        Ok(())
+    }
 }
 
 /// How a face was turned into a chip when it was enrolled (kept so `rebuild` can redo it).
@@ -150,6 +193,13 @@ pub fn load(dir: &Path) -> Result<(Manifest, Vec<f32>), GalleryError> {
             ),
         });
     }
+    manifest
+        .model
+        .validate()
+        .map_err(|problem| GalleryError::InvalidModel {
+            file: manifest_path.clone(),
+            problem,
+        })?;
     let vectors = load_embeddings(dir, &manifest)?;
     Ok((manifest, vectors))
 }
@@ -251,5 +301,58 @@ pub fn lock(dir: &Path) -> Result<Lock, GalleryError> {
         Ok(()) => Ok(Lock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(GalleryError::Busy(dir.to_path_buf())),
         Err(std::fs::TryLockError::Error(e)) => Err(GalleryError::io(&path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(branches: &[&str], dim: usize) -> ModelId {
+        ModelId {
+            file: "m.onnx".into(),
+            sha256: "abc".into(),
+            branches: branches.iter().map(|b| b.to_string()).collect(),
+            dim,
+        }
+    }
+
+    #[test]
+    fn one_shared_branch_or_all_three_are_valid() {
+        assert_eq!(model(&["shared"], 128).validate(), Ok(()));
+        assert_eq!(
+            model(&["shared", "photo", "caricature"], 128).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            model(&["caricature", "shared", "photo"], 128).validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn unknown_repeated_missing_branches_and_zero_dimension_are_named() {
+        let problem = |branches: &[&str], dim| model(branches, dim).validate().unwrap_err();
+        assert_eq!(
+            problem(&["shared", "sketch"], 128),
+            ModelProblem::UnknownBranch("sketch".into())
+        );
+        assert_eq!(
+            problem(&["shared", "shared"], 128),
+            ModelProblem::RepeatedBranch("shared".into())
+        );
+        assert!(matches!(
+            problem(&["shared", "photo"], 128),
+            ModelProblem::IncompleteBranches(_)
+        ));
+        assert!(matches!(
+            problem(&["photo"], 128),
+            ModelProblem::IncompleteBranches(_)
+        ));
+        assert!(matches!(
+            problem(&[], 128),
+            ModelProblem::IncompleteBranches(_)
+        ));
+        assert_eq!(problem(&["shared"], 0), ModelProblem::ZeroDimension);
     }
 }

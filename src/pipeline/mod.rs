@@ -92,7 +92,7 @@ pub struct Stages {
     pub aligner: Aligner,
     /// Embedding model.
     pub embedder: Embedder,
-    /// Known people; without one every face is `unknown`.
+    /// Known people; without one no face has an identity.
     pub gallery: Option<Gallery>,
 }
 

@@ -10,8 +10,21 @@ use carivis::embed::{DLIB_SPEC, Embedder};
 use carivis::pipeline::still::StillFaces;
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
 
+/// Environment variable that turns every skipped test into a failure (`.ci/run` sets it to 1),
+/// so that a run without the data or the tools cannot pass silently.
+pub const REQUIRE_DATA_ENV: &str = "CARIVIS_REQUIRE_DATA";
+
+/// Reports that `test` cannot run because of `reason`: prints `SKIPPED <test>: <reason>`, so the
+/// caller can return, or panics when `CARIVIS_REQUIRE_DATA=1`.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var_os(REQUIRE_DATA_ENV).is_some_and(|v| v == "1") {
+        panic!("{test} cannot run: {reason}; {REQUIRE_DATA_ENV}=1 forbids skipping it");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
 /// The shared face data (`../shared/data` from the project root, or `$CARIVIS_DATA`), or
-/// `None` after printing why the calling test is skipped.
+/// `None` after [`skip`] explained why the calling test does not run.
 pub fn data_dir(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("CARIVIS_DATA")
         .map(PathBuf::from)
@@ -19,12 +32,21 @@ pub fn data_dir(test: &str) -> Option<PathBuf> {
     if dir.join("manifest.csv").is_file() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIPPED {test}: face data not found at {} (set CARIVIS_DATA)",
-            dir.display()
+        skip(
+            test,
+            &format!(
+                "face data not found at {} (set CARIVIS_DATA)",
+                dir.display()
+            ),
         );
         None
     }
+}
+
+/// dlib's aligned astronaut chip (150×150, one face filling it), committed under
+/// `tests/golden/`: the one-face image for tests that must run without the shared data.
+pub fn astronaut_chip() -> PathBuf {
+    repo_file("tests/golden/dlib_astronaut_chip.png")
 }
 
 /// The committed models folder.

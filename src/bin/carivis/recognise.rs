@@ -13,6 +13,7 @@ use crate::gallery::shown;
 use carivis::capture::load_image;
 use carivis::gallery::matching::{Branch, Thresholds};
 use carivis::gallery::{Gallery, Identification, branch_of};
+use carivis::render::UNKNOWN_LABEL;
 use carivis::types::{Embedding, Modality};
 
 #[derive(Args)]
@@ -49,7 +50,7 @@ struct IdentifiedImage<'a> {
 struct IdentifiedFace {
     #[serde(rename = "box")]
     bbox: [f32; 4],
-    identity: String,
+    identity: Option<String>,
     similarity: f32,
     threshold: f32,
     matched_modality: Option<Modality>,
@@ -65,7 +66,7 @@ struct CandidateOut {
 fn identified_face(bbox: [f32; 4], found: Identification, top_k: usize) -> IdentifiedFace {
     IdentifiedFace {
         bbox,
-        identity: found.identity.unwrap_or_else(|| "unknown".into()),
+        identity: found.identity,
         similarity: found.similarity,
         threshold: found.threshold,
         matched_modality: found.matched_modality,
@@ -123,7 +124,7 @@ fn print_identified(result: &IdentifiedImage<'_>, json: bool) -> Result<()> {
             .collect();
         println!(
             "  #{i:<2} ({x1:.0},{y1:.0})–({x2:.0},{y2:.0})  {}  similarity {:.3} (threshold {:.3})  candidates: {}",
-            shown(&face.identity),
+            face.identity.as_deref().map_or(UNKNOWN_LABEL.into(), shown),
             face.similarity,
             face.threshold,
             others.join(", ")
@@ -175,7 +176,7 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let branch = Branch::for_pair(modality_a, modality_b, multi_task);
     let similarity = carivis::types::dot(pick(&a, branch), pick(&b, branch));
     let threshold = args.threshold.unwrap_or_else(|| {
-        Thresholds::for_model(&faces.model_id().file).get(modality_a, modality_b)
+        Thresholds::for_checksum(&faces.model_id().sha256).get(modality_a, modality_b)
     });
     let same = similarity >= threshold;
     if args.json {
