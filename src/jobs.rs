@@ -77,6 +77,9 @@ pub enum ItemError<E: std::error::Error + 'static> {
 /// The result for one image of [`run`].
 pub type Outcome<T, E> = Result<T, ItemError<E>>;
 
+/// The result for one image of [`run`] with worker `W`.
+pub type WorkerOutcome<W> = Outcome<<W as Worker>::Output, <W as Worker>::Error>;
+
 /// What a run is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -151,10 +154,10 @@ pub fn run<W: Worker>(
     cache: &mut dyn JobCache<W::Output>,
     progress: &dyn Fn(Progress),
     stop: &AtomicBool,
-) -> Result<(Vec<Outcome<W::Output, W::Error>>, JobCounts), CacheError> {
+) -> Result<(Vec<WorkerOutcome<W>>, JobCounts), CacheError> {
     let total = paths.len();
     let mut keys: Vec<Option<String>> = Vec::with_capacity(total);
-    let mut outcomes: Vec<Option<Outcome<W::Output, W::Error>>> = Vec::with_capacity(total);
+    let mut outcomes: Vec<Option<WorkerOutcome<W>>> = Vec::with_capacity(total);
     for (path, hash) in paths.iter().zip(hashes) {
         let (key, outcome) = match hash {
             Ok(sha) => {
@@ -214,7 +217,7 @@ pub fn run<W: Worker>(
         Ok(())
     })?;
     cache.flush()?;
-    let outcomes: Vec<Outcome<W::Output, W::Error>> = outcomes
+    let outcomes: Vec<WorkerOutcome<W>> = outcomes
         .into_iter()
         .zip(paths)
         .map(|(o, path)| o.unwrap_or_else(|| Err(ItemError::Interrupted { path: path.clone() })))
@@ -224,7 +227,7 @@ pub fn run<W: Worker>(
 }
 
 /// Decodes one image and runs the worker on it.
-fn process<W: Worker>(worker: &mut W, path: &Path) -> Outcome<W::Output, W::Error> {
+fn process<W: Worker>(worker: &mut W, path: &Path) -> WorkerOutcome<W> {
     let image = load_image(path)?;
     worker.process(&image).map_err(|source| ItemError::Failed {
         path: path.to_path_buf(),
