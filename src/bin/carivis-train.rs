@@ -285,11 +285,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("cannot install the Ctrl-C handler")?;
-    let display = Display {
-        bar: ProgressBar::hidden(),
-    };
-    let finish = session::run(&config, &|event| display.show(event), &stop)?;
-    display.bar.finish_and_clear();
+    let bar = ProgressBar::new(0);
+    let finish = session::run(&config, &|event| show(&bar, event), &stop)?;
+    bar.finish_and_clear();
     match finish {
         Finish::Done(summary) => {
             println!("{summary}");
@@ -310,41 +308,25 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     }
 }
 
-/// Progress bars for the session's progress events; the others are printed as lines.
-struct Display {
-    bar: ProgressBar,
-}
-
-impl Display {
-    fn show(&self, event: Event) {
-        match event {
-            Event::Jobs(p) => progress::show_job(&self.bar, p, "faces and trunk maps"),
-            Event::Training { total, done } => {
-                progress::restyle(
-                    &self.bar,
-                    "training [{bar:25}] {pos}/{len} steps, eta {eta} · {msg}",
-                );
-                self.bar.set_length(total as u64);
-                self.bar.set_position(done as u64);
-            }
-            Event::Step(r) => {
-                let (l, w) = (r.loss, r.weight);
-                self.bar.set_message(format!(
-                    "epoch {} loss {:.2}/{:.2}/{:.2} w {:.2}/{:.2}/{:.2}",
-                    r.epoch + 1,
-                    l[0],
-                    l[1],
-                    l[2],
-                    w[0],
-                    w[1],
-                    w[2]
-                ));
-                self.bar.inc(1);
-            }
-            Event::Resumed { .. } => eprintln!("{event}"),
-            Event::Epoch { .. } => self.bar.println(event.to_string()),
-            Event::Prepared(_) | Event::Before { .. } => println!("{event}"),
+/// Shows the session's progress events on `bar` and prints the others as lines.
+fn show(bar: &ProgressBar, event: Event) {
+    match event {
+        Event::Jobs(p) => progress::show_job(bar, p, "faces and trunk maps"),
+        Event::Training { total, done } => {
+            progress::restyle(
+                bar,
+                "training [{bar:25}] {pos}/{len} steps, eta {eta} · {msg}",
+            );
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
         }
+        Event::Step(_) => {
+            bar.set_message(event.to_string());
+            bar.inc(1);
+        }
+        Event::Resumed { .. } => eprintln!("{event}"),
+        Event::Epoch { .. } => bar.println(event.to_string()),
+        Event::Prepared(_) | Event::Before { .. } => println!("{event}"),
     }
 }
 

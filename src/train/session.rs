@@ -161,7 +161,7 @@ pub enum Event<'a> {
 }
 
 impl std::fmt::Display for Event<'_> {
-    /// The event in words, for the events a person reads (progress events have none).
+    /// The event in words (a step's in short, for a progress bar; job progress has none).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let unseen_text = |unseen: &Option<&Validation>, lead: &str| {
             unseen.map_or(String::new(), |u| {
@@ -172,7 +172,18 @@ impl std::fmt::Display for Event<'_> {
             })
         };
         match self {
-            Event::Jobs(_) | Event::Training { .. } | Event::Step(_) => Ok(()),
+            Event::Jobs(_) | Event::Training { .. } => Ok(()),
+            Event::Step(r) => write!(
+                f,
+                "epoch {} loss {:.2}/{:.2}/{:.2} w {:.2}/{:.2}/{:.2}",
+                r.epoch + 1,
+                r.loss[0],
+                r.loss[1],
+                r.loss[2],
+                r.weight[0],
+                r.weight[1],
+                r.weight[2]
+            ),
             Event::Prepared(summary) => write!(f, "{summary}"),
             Event::Before { validation, unseen } => write!(
                 f,

@@ -129,7 +129,7 @@ fn with_faces<T>(
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("cannot install the Ctrl-C handler")?;
-    let bar = ProgressBar::hidden();
+    let bar = ProgressBar::new(0);
     let progress = |p: Progress| show_job(&bar, p, "embedding");
     let result = evaluate(Faces {
         workers,
