@@ -59,12 +59,17 @@ pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
         path: path.to_path_buf(),
         source,
     })?;
+    decode_image(&bytes, path)
+}
+
+/// Decodes the bytes of an image file as [`load_image`] does; `path` names the image in errors.
+pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
     let decode = |reason: String| ImageError::Decode {
         path: path.to_path_buf(),
         reason,
     };
     let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
+        image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| decode(e.to_string()))
     };
@@ -96,7 +101,7 @@ pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
     if width < MIN_SIDE || height < MIN_SIDE {
         return Err(size_error(false));
     }
-    decode_with_opencv(&bytes).map_err(|e| decode(e.to_string()))
+    decode_with_opencv(bytes).map_err(|e| decode(e.to_string()))
 }
 
 /// Decodes with OpenCV (libjpeg-turbo, libpng): the same decoders PIL uses, so pixels match

@@ -6,7 +6,8 @@ mod video;
 
 pub use camera::{CameraSource, list_cameras};
 pub use images::{
-    IMAGE_EXTENSIONS, ImageError, ImageSequence, MAX_IMAGE_PIXELS, images_in, load_image,
+    IMAGE_EXTENSIONS, ImageError, ImageSequence, MAX_IMAGE_PIXELS, decode_image, images_in,
+    load_image,
 };
 pub use video::VideoSource;
 

@@ -273,6 +273,16 @@ pub fn read_manifest(csv: &Path, only: Option<&str>) -> Result<Vec<LabelledImage
         path: csv.to_path_buf(),
         source,
     })?;
+    parse_manifest(&text, csv, only)
+}
+
+/// Parses manifest CSV text as [`read_manifest`] does; `csv` is the file it came from, named in
+/// errors and the folder image paths are relative to.
+pub fn parse_manifest(
+    text: &str,
+    csv: &Path,
+    only: Option<&str>,
+) -> Result<Vec<LabelledImage>, ProtocolError> {
     let base = csv.parent().unwrap_or(Path::new("."));
     let mut images = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {

@@ -39,6 +39,9 @@ impl Default for HnswParams {
     }
 }
 
+/// Most neighbours per node `hnsw_rs` accepts (it ends the process on more).
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// `hnsw_rs` keeps at most 16 layers (and its dump format requires exactly 16).
 const MAX_LAYERS: usize = 16;
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::GalleryError;
-use super::index::HnswParams;
+use super::index::{HnswParams, MAX_CONNECTIONS};
 use super::matching::{Branch, Thresholds};
 use crate::types::{Landmarks, Modality};
 
@@ -200,6 +200,13 @@ pub fn load(dir: &Path) -> Result<(Manifest, Vec<f32>), GalleryError> {
             file: manifest_path.clone(),
             problem,
         })?;
+    let max_connections = manifest.settings.hnsw.max_connections;
+    if max_connections > MAX_CONNECTIONS {
+        return Err(GalleryError::Damaged {
+            file: manifest_path,
+            reason: format!("hnsw max_connections {max_connections} (at most {MAX_CONNECTIONS})"),
+        });
+    }
     let vectors = load_embeddings(dir, &manifest)?;
     Ok((manifest, vectors))
 }
@@ -228,8 +235,22 @@ fn load_embeddings(dir: &Path, manifest: &Manifest) -> Result<Vec<f32>, GalleryE
             manifest.entries.len()
         )));
     }
+    let model = &manifest.model;
+    let expected = model
+        .branches
+        .len()
+        .checked_mul(model.dim)
+        .and_then(|floats| floats.checked_mul(4))
+        .and_then(|row_bytes| row_bytes.checked_mul(file.rows))
+        .ok_or_else(|| {
+            damaged(format!(
+                "{} rows of {} branches × {} floats do not fit in memory",
+                file.rows,
+                model.branches.len(),
+                model.dim
+            ))
+        })?;
     let bytes = std::fs::read(&path).map_err(|e| GalleryError::io(&path, e))?;
-    let expected = file.rows * row_len(&manifest.model) * 4;
     if bytes.len() != expected {
         return Err(damaged(format!(
             "{} bytes, expected {expected} (truncated?)",
@@ -354,5 +375,43 @@ mod tests {
             ModelProblem::IncompleteBranches(_)
         ));
         assert_eq!(problem(&["shared"], 0), ModelProblem::ZeroDimension);
+    }
+
+    /// A gallery.json with no entries (the embeddings file is empty), like the `gallery` fuzz
+    /// target's `seed-empty`; each test replaces `DIM` and `CONNECTIONS`.
+    const EMPTY_GALLERY: &str = r#"{"format":1,"model":{"file":"m.onnx","sha256":"ab","branches":["shared"],"dim":DIM},"settings":{"thresholds":{"photo_to_photo":0.5,"photo_to_caricature":0.4,"caricature_to_photo":0.4,"caricature_to_caricature":0.5},"top_k":20,"score_top_n":1,"hnsw":{"max_connections":CONNECTIONS,"ef_construction":200,"ef_search":64}},"embeddings":{"file":"embeddings-1.f32","rows":0,"sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},"generation":1,"next_id":1,"entries":[]}"#;
+
+    /// Loads a gallery folder holding `json` and an empty embeddings file.
+    fn load_json(json: &str) -> Result<(Manifest, Vec<f32>), GalleryError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MANIFEST_FILE), json).unwrap();
+        std::fs::write(dir.path().join("embeddings-1.f32"), b"").unwrap();
+        load(dir.path())
+    }
+
+    #[test]
+    fn the_seed_gallery_loads() {
+        let json = EMPTY_GALLERY
+            .replace("DIM", "4")
+            .replace("CONNECTIONS", "16");
+        assert!(load_json(&json).is_ok());
+    }
+
+    #[test]
+    fn a_row_size_that_overflows_is_damage_not_a_panic() {
+        let json = EMPTY_GALLERY
+            .replace("DIM", "4611686018427387904")
+            .replace("CONNECTIONS", "16");
+        let err = load_json(&json).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+    }
+
+    #[test]
+    fn too_many_hnsw_connections_are_damage_not_an_exit() {
+        let json = EMPTY_GALLERY
+            .replace("DIM", "4")
+            .replace("CONNECTIONS", "300");
+        let err = load_json(&json).unwrap_err();
+        assert!(err.to_string().contains("max_connections 300"), "{err}");
     }
 }
