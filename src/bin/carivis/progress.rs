@@ -6,12 +6,12 @@ use carivis::jobs::{Phase, Progress};
 
 /// Restarts `bar` with a new template (the style of every bar here).
 pub fn restyle(bar: &ProgressBar, template: &str) {
-    bar.reset();
     bar.set_style(
         ProgressStyle::with_template(template)
             .expect("valid template")
             .progress_chars("=> "),
     );
+    bar.reset();
 }
 
 /// Shows a job runner's progress on `bar`: hashing, then `work` (for example "embedding");
