@@ -28,8 +28,7 @@ use crate::gallery::matching::{Branch, Thresholds};
 use crate::gallery::store::ModelId;
 use crate::jobs::{CacheError, JobCounts, Progress, hash_files};
 use crate::pipeline::still::StillFaces;
-use crate::types::dot;
-use crate::types::{LabelledImage, Modality};
+use crate::types::{LabelledImage, Modality, dot};
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error)]
