@@ -11,7 +11,7 @@ use carivis::capture::load_image;
 use carivis::detect::{DetectorConfig, Mtcnn};
 use carivis::embed::{DLIB_SPEC, Embedder};
 use carivis::gallery::index::{HnswParams, Index};
-use carivis::pipeline::still::StillFaces;
+use carivis::pipeline::still::{FaceSearch, StillFaces};
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
 
 fn data_dir() -> Option<PathBuf> {
@@ -52,7 +52,13 @@ fn still_faces() -> StillFaces {
     )
     .unwrap();
     let embedder = Embedder::open(&runtime, &models.join(DLIB_SPEC.file), 8).unwrap();
-    StillFaces::new(detector, AlignMode::FivePoint, embedder)
+    StillFaces::new(
+        detector,
+        FaceSearch::default(),
+        AlignMode::FivePoint,
+        embedder,
+    )
+    .unwrap()
 }
 
 /// Unit embeddings of every image, from the cache or computed now.
@@ -83,13 +89,13 @@ fn embeddings(images: &[PathBuf]) -> Vec<Vec<f32>> {
         .map(|path| {
             bar.inc(1);
             let image = load_image(path).unwrap();
-            let (embedding, detected) = faces.subject(&image).unwrap();
-            missed += usize::from(!detected);
+            let (embedding, pass) = faces.subject(&image).unwrap();
+            missed += usize::from(pass.is_none());
             embedding.shared
         })
         .collect();
     bar.finish_and_clear();
-    eprintln!("no face found in {missed} images (whole image used)");
+    eprintln!("no face found in {missed} images (fallback chip used)");
     std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
     let bytes: Vec<u8> = vectors
         .iter()

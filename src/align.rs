@@ -10,7 +10,7 @@ use opencv::imgproc;
 use opencv::prelude::*;
 
 use crate::cv::{image_as_mat, mat_into_image};
-use crate::types::{Face, Landmarks, RgbImage};
+use crate::types::{Affine, Face, Landmarks, RgbImage};
 
 /// Chip side of the dlib descriptor, in pixels.
 pub const DLIB_CHIP_SIZE: u32 = 150;
@@ -65,23 +65,7 @@ pub enum AlignError {
     OpenCv(#[from] opencv::Error),
 }
 
-/// A 2×3 affine map from image to chip pixels: `[a, b, c; d, e, f]`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Affine(pub [[f64; 3]; 2]);
-
 impl Affine {
-    /// The uniform scale of the map's linear part (√|det|).
-    pub fn scale(&self) -> f64 {
-        let [[a, b, _], [d, e, _]] = self.0;
-        (a * e - b * d).abs().sqrt()
-    }
-
-    /// Applies the map to a point.
-    pub fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
-        let [[a, b, c], [d, e, f]] = self.0;
-        [a * x + b * y + c, d * x + e * y + f]
-    }
-
     /// The map taking pixels of a sub-image that starts at `origin` and was resized by `(fx, fy)`
     /// to the same chip pixels this map takes the full image to. OpenCV's `resize` aligns pixel
     /// centres: small pixel `x'` samples source `(x' + 0.5)/fx − 0.5`.
@@ -141,6 +125,11 @@ impl Aligner {
             chip_size,
             template: DLIB_TEMPLATE_150.map(|[x, y]| [x * k, y * k]),
         }
+    }
+
+    /// How this aligner makes chips.
+    pub fn mode(&self) -> AlignMode {
+        self.mode
     }
 
     /// Chip side in pixels.
@@ -211,7 +200,7 @@ fn warp_mat(
 
 /// The image rectangle (clipped, with a 2-pixel border) that the chip's pixels come from.
 fn chip_footprint(transform: &Affine, size: u32, width: u32, height: u32) -> Option<Rect> {
-    let inverse = invert(transform)?;
+    let inverse = transform.inverse()?;
     let s = f64::from(size);
     let corners = [[0.0, 0.0], [s, 0.0], [0.0, s], [s, s]].map(|p| inverse.apply(p));
     let min_x = corners
@@ -272,19 +261,6 @@ fn downscaled(
     Ok((small, adjusted))
 }
 
-fn invert(t: &Affine) -> Option<Affine> {
-    let [[a, b, c], [d, e, f]] = t.0;
-    let det = a * e - b * d;
-    if det.abs() < 1e-12 {
-        return None;
-    }
-    let (ia, ib, id, ie) = (e / det, -b / det, -d / det, a / det);
-    Some(Affine([
-        [ia, ib, -(ia * c + ib * f)],
-        [id, ie, -(id * c + ie * f)],
-    ]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,13 +299,6 @@ mod tests {
             similarity_transform(&same, &DLIB_TEMPLATE_150),
             Err(AlignError::Degenerate)
         ));
-    }
-
-    #[test]
-    fn inverse_undoes_the_map() {
-        let t = Affine([[0.8, -0.3, 12.0], [0.3, 0.8, -4.0]]);
-        let p = invert(&t).unwrap().apply(t.apply([17.0, 23.0]));
-        assert!((p[0] - 17.0).abs() < 1e-9 && (p[1] - 23.0).abs() < 1e-9);
     }
 
     fn face_at(bbox: FaceBox) -> Face {

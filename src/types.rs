@@ -62,6 +62,39 @@ impl FaceBox {
     }
 }
 
+/// A 2×3 affine map between pixel frames (image to chip, original to working copy):
+/// `[a, b, c; d, e, f]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affine(pub [[f64; 3]; 2]);
+
+impl Affine {
+    /// The uniform scale of the map's linear part (√|det|).
+    pub fn scale(&self) -> f64 {
+        let [[a, b, _], [d, e, _]] = self.0;
+        (a * e - b * d).abs().sqrt()
+    }
+
+    /// Applies the map to a point.
+    pub fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
+        let [[a, b, c], [d, e, f]] = self.0;
+        [a * x + b * y + c, d * x + e * y + f]
+    }
+
+    /// The inverse map, `None` when the linear part is singular.
+    pub fn inverse(&self) -> Option<Affine> {
+        let [[a, b, c], [d, e, f]] = self.0;
+        let det = a * e - b * d;
+        if det.abs() < 1e-12 {
+            return None;
+        }
+        let (ia, ib, id, ie) = (e / det, -b / det, -d / det, a / det);
+        Some(Affine([
+            [ia, ib, -(ia * c + ib * f)],
+            [id, ie, -(id * c + ie * f)],
+        ]))
+    }
+}
+
 /// The five facial points MTCNN finds, in image pixels, in this order: left eye, right eye,
 /// nose tip, left mouth corner, right mouth corner ("left" as seen in the image).
 pub type Landmarks = [[f32; 2]; 5];
@@ -221,6 +254,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inverse_undoes_the_map() {
+        let t = Affine([[0.8, -0.3, 12.0], [0.3, 0.8, -4.0]]);
+        let p = t.inverse().unwrap().apply(t.apply([17.0, 23.0]));
+        assert!((p[0] - 17.0).abs() < 1e-9 && (p[1] - 23.0).abs() < 1e-9);
+    }
 
     #[test]
     fn dot_handles_tails() {

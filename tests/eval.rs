@@ -23,7 +23,6 @@ fn faces(cache: &Path) -> Faces<'static> {
     Faces {
         workers: vec![common::still_faces(0.0)],
         cache_dir: cache.to_path_buf(),
-        settings: "test five-point".into(),
         progress: &no_progress,
         stop: &NEVER,
     }

@@ -35,8 +35,8 @@ fn enrol(
         modality,
         source: path.to_path_buf(),
         source_sha256: file_sha256(path).unwrap(),
-        bbox: found.face.bbox.to_array(),
-        landmarks: Some(found.face.landmarks),
+        bbox: found.found.face.bbox.to_array(),
+        landmarks: Some(found.found.face.landmarks),
         enrolment: Enrolment::FivePoint,
     };
     gallery.add(entry, &found.embedding).unwrap();

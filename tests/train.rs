@@ -17,7 +17,9 @@ use carivis::train::features::MapWorker;
 use carivis::train::net::{BatchInput, Branch, BranchWeights, MapFeatures, TASK_NAMES};
 use carivis::train::onnx::{DescriptorModel, encode, read_model, write_model};
 use carivis::types::RgbImage;
-use common::{cpu_runtime, data_dir, max_abs_diff, models_dir, repo_file, still_faces_with};
+use common::{
+    cpu_runtime, data_dir, first_pass_only, max_abs_diff, models_dir, repo_file, still_faces_with,
+};
 
 fn descriptor() -> DescriptorModel {
     let path = models_dir().join("dlib_resnet_v1.onnx");
@@ -53,6 +55,7 @@ fn trunk_worker(descriptor: &DescriptorModel, dir: &Path) -> MapWorker {
         &models_dir(),
         &trunk,
         DetectorConfig::default(),
+        first_pass_only(),
         false,
     )
     .unwrap()
@@ -420,9 +423,11 @@ fn testing_slice_auc(data: &Path, model: &str, step: usize) -> f64 {
     std::fs::write(&pairs_file, slice.join("\n")).unwrap();
     let input = common::cavi_pairs_input(data, pairs_file);
     let faces = Faces {
-        workers: vec![still_faces_with(0.0, model), still_faces_with(0.0, model)],
+        workers: vec![
+            still_faces_with(0.0, model, first_pass_only()),
+            still_faces_with(0.0, model, first_pass_only()),
+        ],
         cache_dir: dir.path().join("cache"),
-        settings: "test five-point".into(),
         progress: &|_| {},
         stop: &std::sync::atomic::AtomicBool::new(false),
     };

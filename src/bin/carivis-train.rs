@@ -6,6 +6,8 @@
 mod cli_enum;
 #[path = "carivis/progress.rs"]
 mod progress;
+#[path = "carivis/search_args.rs"]
+mod search_args;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,8 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::ProgressBar;
+use search_args::{FallbackArg, SearchArgs};
 
 use carivis::models::default_models_dir;
+use carivis::pipeline::still::FaceSearch;
 use carivis::train::data::SplitOptions;
 use carivis::train::loss::Weighting;
 use carivis::train::optim::RmsPropConfig;
@@ -139,10 +143,15 @@ struct Cli {
     /// Start over even though the run folder holds a checkpoint (which is replaced).
     #[arg(long)]
     restart: bool,
-    /// Images where the detector finds no face: train on the whole image as the chip (what
-    /// `carivis eval` and galleries' `--whole-image` do), or skip them.
-    #[arg(long, value_enum, default_value_t = NoFaceArg::WholeImage)]
+    /// Images where no detection pass finds a face: train on the fallback chip (what
+    /// `carivis eval` embeds), or skip them.
+    #[arg(long, value_enum, default_value_t = NoFaceArg::Fallback)]
     no_face: NoFaceArg,
+    /// The fallback chip of images without a face.
+    #[arg(long, value_enum, default_value_t = FallbackArg::BestWindow)]
+    fallback: FallbackArg,
+    #[command(flatten)]
+    search: SearchArgs,
     /// Threads that detect faces and run the trunk (each also uses one ONNX Runtime thread).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -169,8 +178,8 @@ cli_enum! {
 cli_enum! {
     /// What to do with images without a detected face.
     NoFaceArg => NoFace {
-        /// Use the whole image as the chip.
-        WholeImage,
+        /// Use the fallback chip.
+        Fallback,
         /// Leave the image out.
         Skip,
     }
@@ -231,6 +240,10 @@ fn config(cli: &Cli) -> TrainConfig {
             seed: cli.seed,
         },
         no_face: cli.no_face.into(),
+        faces: FaceSearch {
+            fallback: cli.fallback.into(),
+            ..cli.search.search()
+        },
         options: TrainOptions {
             epochs: cli.epochs,
             batch: cli.batch as usize,

@@ -2,9 +2,11 @@
 
 mod mtcnn;
 pub mod nms;
+pub mod passes;
 pub mod pyramid;
 
 pub use mtcnn::{Mtcnn, StageTimes};
+pub use passes::{FaceFinder, FoundFace, PadFill, Pass, Passes, RetryConfig};
 
 use crate::runtime::{ModelSpec, RuntimeError};
 
@@ -107,6 +109,9 @@ pub enum DetectError {
     /// The settings are out of range.
     #[error("invalid detector setting: {0}")]
     BadConfig(String),
+    /// A padded or rotated copy for a retry pass could not be made.
+    #[error("making a retry copy of the image failed: {0}")]
+    Copy(#[from] opencv::Error),
     /// The image is too small to hold a face.
     #[error("image is {width}×{height} px, too small to detect faces in")]
     ImageTooSmall {

@@ -115,6 +115,18 @@ impl Mtcnn {
         Ok(faces)
     }
 
+    /// [`Mtcnn::detect`] with other score thresholds for this call only (the retry passes').
+    pub fn detect_with_thresholds(
+        &mut self,
+        image: &RgbImage,
+        thresholds: [f32; 3],
+    ) -> Result<Vec<Face>, DetectError> {
+        let configured = std::mem::replace(&mut self.config.thresholds, thresholds);
+        let faces = self.detect(image);
+        self.config.thresholds = configured;
+        faces
+    }
+
     /// Follows known faces into a new frame with O-Net alone: each previous box, squared, is
     /// re-scored, regressed and given new landmarks (a few ms instead of a full pyramid). Faces
     /// O-Net no longer accepts are dropped; new faces need a full [`Mtcnn::detect`].
@@ -132,13 +144,31 @@ impl Mtcnn {
             })
             .collect();
         let started = Instant::now();
-        let mut faces = self.stage_three(image, candidates)?;
+        let threshold = self.config.thresholds[2];
+        let mut faces = self.stage_three(image, candidates, threshold)?;
         self.last_times = StageTimes {
             onet: started.elapsed(),
             ..StageTimes::default()
         };
         faces.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
         Ok(faces)
+    }
+
+    /// The face O-Net scores highest among a grid of square windows over the image (sides
+    /// of 100%, 85% and 70% of its shorter side, each at 3×3 positions), whatever its score:
+    /// a fallback for images where the cascade finds nothing. `None` only when O-Net keeps no
+    /// window at all.
+    pub fn best_window(&mut self, image: &RgbImage) -> Result<Option<Face>, DetectError> {
+        let candidates = window_grid(image.width() as f32, image.height() as f32)
+            .into_iter()
+            .map(|rect| Candidate {
+                rect,
+                score: 0.0,
+                reg: [0.0; 4],
+            })
+            .collect();
+        let faces = self.stage_three(image, candidates, f32::NEG_INFINITY)?;
+        Ok(faces.into_iter().max_by(|a, b| a.score.total_cmp(&b.score)))
     }
 
     /// The image with the configured grey border, and the border's width, when there is one.
@@ -179,7 +209,7 @@ impl Mtcnn {
         let after_pnet = Instant::now();
         let candidates = self.stage_two(image, candidates)?;
         let after_rnet = Instant::now();
-        let faces = self.stage_three(image, candidates)?;
+        let faces = self.stage_three(image, candidates, self.config.thresholds[2])?;
         self.last_times = StageTimes {
             pnet: after_pnet - started,
             rnet: after_rnet - after_pnet,
@@ -259,12 +289,14 @@ impl Mtcnn {
         Ok(kept)
     }
 
-    /// O-Net on all candidates in one batch; keeps `prob > t3`; landmarks from the box before
-    /// regression; regression with `+1` widths; NMS 0.7 over the smaller area.
+    /// O-Net on all candidates in one batch; keeps `prob > threshold` (t3 in the cascade);
+    /// landmarks from the box before regression; regression with `+1` widths; NMS 0.7 over the
+    /// smaller area.
     fn stage_three(
         &mut self,
         image: &RgbImage,
         candidates: Vec<Candidate>,
+        threshold: f32,
     ) -> Result<Vec<Face>, DetectError> {
         let (candidates, input) = crops(image, candidates, ONET_SIZE);
         if candidates.is_empty() {
@@ -272,12 +304,7 @@ impl Mtcnn {
         }
         let out = self.onet.run(ONET_SPEC.input, input.view())?;
         let landmarks = &out["landmarks"];
-        let scored = rescore(
-            candidates,
-            &out["prob"],
-            &out["reg"],
-            self.config.thresholds[2],
-        );
+        let scored = rescore(candidates, &out["prob"], &out["reg"], threshold);
         let faces: Vec<Face> = scored
             .into_iter()
             .map(|(c, row)| Face {
@@ -431,6 +458,26 @@ fn crops(
     (regions.into_iter().map(|(c, _)| c).collect(), batch)
 }
 
+/// Square windows of 100%, 85% and 70% of the shorter side, each at the 3×3 positions from
+/// one corner to the other ([`Mtcnn::best_window`]); duplicates (a side that spans the image)
+/// are left out.
+fn window_grid(width: f32, height: f32) -> Vec<[f32; 4]> {
+    let mut windows: Vec<[f32; 4]> = Vec::new();
+    for fraction in [1.0, 0.85, 0.7] {
+        let side = width.min(height) * fraction;
+        for fy in [0.0, 0.5, 1.0] {
+            for fx in [0.0, 0.5, 1.0] {
+                let (x, y) = ((width - side) * fx, (height - side) * fy);
+                let rect = [x, y, x + side, y + side];
+                if !windows.contains(&rect) {
+                    windows.push(rect);
+                }
+            }
+        }
+    }
+    windows
+}
+
 /// Landmarks from O-Net's output row (x1..x5 then y1..y5, relative to the box) on the box
 /// before regression: `px = (x2 − x1 + 1)·lx + x1 − 1`.
 fn onet_landmarks(rect: [f32; 4], row: &[f32]) -> Landmarks {
@@ -469,6 +516,16 @@ fn map_back(face: &mut Face, factor: f32, offset: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_grid_covers_the_image_without_duplicates() {
+        let square = window_grid(100.0, 100.0);
+        assert_eq!(square.len(), 1 + 9 + 9);
+        assert_eq!(square[0], [0.0, 0.0, 100.0, 100.0]);
+        let tall = window_grid(100.0, 160.0);
+        assert_eq!(tall.len(), 3 + 9 + 9);
+        assert!(tall.iter().all(|r| r[2] <= 100.0 && r[3] <= 160.0));
+    }
 
     #[test]
     fn square_keeps_the_centre_and_takes_the_longer_side() {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::detect::Pass;
 use crate::jobs::{CacheError, JobCache, Outcome, Worker, cache_key};
 use crate::pipeline::still::{StillError, StillFaces};
 use crate::types::{Embedding, RgbImage};
@@ -19,9 +20,9 @@ const SAVE_EVERY: usize = 1000;
 /// What the evaluation knows about one image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FaceRecord {
-    /// Whether the detector found a face (else the whole image was embedded).
-    pub detected: bool,
-    /// The largest face's embedding, or the whole image's.
+    /// The detection pass that found the face; `None`: the fallback chip was embedded.
+    pub pass: Option<Pass>,
+    /// The largest face's embedding, or the fallback chip's.
     pub embedding: Embedding,
 }
 
@@ -129,7 +130,7 @@ impl CacheFile {
 /// The outcome for each image of an evaluation's embedding run.
 pub type ImageOutcome = Outcome<FaceRecord, StillError>;
 
-/// Embeds each image's subject (largest face, else the whole image) for the job runner.
+/// Embeds each image's subject (largest face, else the fallback chip) for the job runner.
 pub struct SubjectEmbedder(pub StillFaces);
 
 impl Worker for SubjectEmbedder {
@@ -137,11 +138,8 @@ impl Worker for SubjectEmbedder {
     type Error = StillError;
 
     fn process(&mut self, image: &RgbImage) -> Result<FaceRecord, StillError> {
-        let (embedding, detected) = self.0.subject(image)?;
-        Ok(FaceRecord {
-            detected,
-            embedding,
-        })
+        let (embedding, pass) = self.0.subject(image)?;
+        Ok(FaceRecord { pass, embedding })
     }
 }
 
@@ -153,7 +151,7 @@ mod tests {
     fn cache_round_trips_and_ignores_other_settings() {
         let dir = tempfile::tempdir().unwrap();
         let record = FaceRecord {
-            detected: false,
+            pass: Some(Pass::Rotated(-20)),
             embedding: Embedding {
                 shared: vec![1.0, 0.0],
                 photo: None,

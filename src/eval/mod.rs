@@ -137,15 +137,13 @@ fn vector(record: &FaceRecord, branch: Branch) -> Result<&[f32], EvalError> {
 }
 
 /// How images become embeddings: one [`StillFaces`] per worker thread, the cache folder, a
-/// description of the face settings (part of the cache key), a progress callback and the
-/// Ctrl-C flag.
+/// progress callback and the Ctrl-C flag. The workers' settings ([`StillFaces::describe`])
+/// are part of the cache key.
 pub struct Faces<'a> {
     /// One per worker thread (at least one).
     pub workers: Vec<StillFaces>,
     /// Cache folder.
     pub cache_dir: PathBuf,
-    /// Detection and alignment settings, as text.
-    pub settings: String,
     /// Called as images are hashed and embedded.
     pub progress: &'a dyn Fn(Progress),
     /// When set, embedding stops and the evaluation ends with [`EvalError::Interrupted`].
@@ -153,14 +151,16 @@ pub struct Faces<'a> {
 }
 
 /// Detection outcome of one modality.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct DetectionStats {
     /// Images read.
     pub images: usize,
     /// Images where a face was found.
     pub detected: usize,
-    /// Images embedded whole because no face was found.
-    pub whole_image: usize,
+    /// Faces found by each detection pass (`first`, `padded`, `rotated+20`, …).
+    pub by_pass: BTreeMap<String, usize>,
+    /// Images whose fallback chip was embedded because no pass found a face.
+    pub fallback: usize,
     /// `detected / images`.
     pub rate: f64,
 }
@@ -196,10 +196,12 @@ fn detection_stats(
         let Ok(record) = outcome else { continue };
         let s = stats.entry(m.to_string()).or_default();
         s.images += 1;
-        if record.detected {
-            s.detected += 1;
-        } else {
-            s.whole_image += 1;
+        match record.pass {
+            Some(pass) => {
+                s.detected += 1;
+                *s.by_pass.entry(pass.to_string()).or_default() += 1;
+            }
+            None => s.fallback += 1,
         }
     }
     for s in stats.values_mut() {
@@ -215,7 +217,8 @@ fn embed_all(
     modalities: &[Modality],
 ) -> Result<(Vec<ImageOutcome>, ImageSummary, ModelId), EvalError> {
     let model = faces.workers[0].model_id();
-    let mut cache = EmbeddingCache::open(&faces.cache_dir, &model.sha256, &faces.settings);
+    let settings = faces.workers[0].describe();
+    let mut cache = EmbeddingCache::open(&faces.cache_dir, &model.sha256, &settings);
     let hashes = hash_files(images, faces.progress, faces.stop).ok_or(EvalError::Interrupted)?;
     let workers = faces.workers.into_iter().map(SubjectEmbedder).collect();
     let (outcomes, counts) = crate::jobs::run(

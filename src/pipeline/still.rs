@@ -1,9 +1,13 @@
-//! Faces of still images: detection, alignment and embedding, one image at a time. The rule
-//! for images with one subject (evaluation and training): the largest face, else the whole
-//! image as the chip.
+//! Faces of still images: detection (with the retry passes), alignment and embedding, one
+//! image at a time. The rule for images with one subject (evaluation, training, enrolment):
+//! the largest face, else the [`Fallback`] chip.
 
-use crate::align::{AlignError, AlignMode, Aligner, BOX_MARGIN};
-use crate::detect::{DetectError, Mtcnn};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::align::{AlignError, AlignMode, Aligner, BOX_MARGIN, DLIB_CHIP_SIZE, DLIB_TEMPLATE_150};
+use crate::detect::{DetectError, FaceFinder, FoundFace, Mtcnn, Pass, RetryConfig};
 use crate::embed::{EmbedError, Embedder};
 use crate::gallery::store::ModelId;
 use crate::types::{Embedding, Face, FaceBox, RgbImage};
@@ -25,10 +29,52 @@ pub enum StillError {
 /// A detected face and its embedding.
 #[derive(Clone, Debug)]
 pub struct EmbeddedFace {
-    /// The detection.
-    pub face: Face,
+    /// The detection and the pass that found it.
+    pub found: FoundFace,
     /// Its embedding (unit vectors).
     pub embedding: Embedding,
+}
+
+/// The chip used for an image of one person when no pass finds a face.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// The whole image, squared about its centre (crop-only, as for a given box).
+    WholeImage,
+    /// The centred square of the image's shorter side taken as an aligned chip: the
+    /// template's five points placed in it (the image is assumed to be a face crop).
+    CentreSquare,
+    /// The window O-Net scores highest ([`crate::detect::Mtcnn::best_window`]), aligned on
+    /// its landmarks.
+    #[default]
+    BestWindow,
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fallback::WholeImage => "whole_image",
+            Fallback::CentreSquare => "centre_square",
+            Fallback::BestWindow => "best_window",
+        })
+    }
+}
+
+/// How still images are searched for faces: the retry passes and, for an image of one person
+/// where no pass finds a face, the fallback chip.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaceSearch {
+    /// The retry passes after the first.
+    pub retry: RetryConfig,
+    /// The chip of an image of one person without a face.
+    pub fallback: Fallback,
+}
+
+impl FaceSearch {
+    /// A short text that changes whenever the chips would (part of cache keys).
+    pub fn describe(&self) -> String {
+        format!("{} fallback={}", self.retry.describe(), self.fallback)
+    }
 }
 
 /// The chip of an image's subject and where it came from.
@@ -36,34 +82,64 @@ pub struct EmbeddedFace {
 pub struct SubjectChip {
     /// The aligned chip.
     pub chip: RgbImage,
-    /// Whether the detector found the face (else the chip is the whole image).
-    pub detected: bool,
+    /// The pass that found the face, `None` when the chip is the fallback's.
+    pub pass: Option<Pass>,
+}
+
+impl SubjectChip {
+    /// Whether a pass found the face (else the chip is the fallback's).
+    pub fn detected(&self) -> bool {
+        self.pass.is_some()
+    }
 }
 
 /// Detector and aligners for still images: chips of every face, of a given box, or of the
 /// image's subject.
 pub struct StillChips {
-    detector: Mtcnn,
+    finder: FaceFinder,
+    fallback: Fallback,
+    describe: String,
     aligner: Aligner,
     box_aligner: Aligner,
+    five_point: Aligner,
 }
 
 impl StillChips {
-    /// Chips of `size` pixels, faces aligned by `mode`, boxes crop-only with [`BOX_MARGIN`].
-    pub fn new(detector: Mtcnn, mode: AlignMode, size: u32) -> Self {
-        Self {
-            detector,
+    /// Chips of `size` pixels, faces searched for as `search` says and aligned by `mode`,
+    /// boxes crop-only with [`BOX_MARGIN`].
+    pub fn new(
+        detector: Mtcnn,
+        search: FaceSearch,
+        mode: AlignMode,
+        size: u32,
+    ) -> Result<Self, StillError> {
+        let describe = format!("{:?} {}", detector.config(), search.describe());
+        Ok(Self {
+            finder: FaceFinder::new(detector, search.retry)?,
+            fallback: search.fallback,
+            describe,
             aligner: Aligner::new(mode, size),
             box_aligner: Aligner::new(AlignMode::CropOnly { margin: BOX_MARGIN }, size),
-        }
+            five_point: Aligner::new(AlignMode::FivePoint, size),
+        })
+    }
+
+    /// A text naming every setting that changes the chips (part of cache keys).
+    pub fn describe(&self) -> String {
+        format!(
+            "{} align={:?} size={}",
+            self.describe,
+            self.aligner.mode(),
+            self.aligner.chip_size()
+        )
     }
 
     /// Every face of the image, largest first, with its chip.
-    pub fn faces(&mut self, image: &RgbImage) -> Result<Vec<(Face, RgbImage)>, StillError> {
-        let faces = self.detector.detect(image)?;
+    pub fn faces(&mut self, image: &RgbImage) -> Result<Vec<(FoundFace, RgbImage)>, StillError> {
+        let faces = self.finder.find(image)?;
         faces
             .into_iter()
-            .map(|f| Ok((f, self.aligner.align(image, &f)?)))
+            .map(|f| Ok((f, self.aligner.align(image, &f.face)?)))
             .collect()
     }
 
@@ -77,20 +153,52 @@ impl StillChips {
         Ok(self.box_aligner.align(image, &face)?)
     }
 
-    /// The chip of the image's largest face, else of the whole image (crop-only, as for a
-    /// given box): the one rule for images of one person.
+    /// The chip of the image's largest face, else the fallback's: the one rule for images of
+    /// one person.
     pub fn subject(&mut self, image: &RgbImage) -> Result<SubjectChip, StillError> {
-        let faces = self.detector.detect(image)?;
+        let faces = self.finder.find(image)?;
         match faces.first() {
-            Some(face) => Ok(SubjectChip {
-                chip: self.aligner.align(image, face)?,
-                detected: true,
+            Some(found) => Ok(SubjectChip {
+                chip: self.aligner.align(image, &found.face)?,
+                pass: Some(found.pass),
             }),
             None => Ok(SubjectChip {
-                chip: self.box_chip(image, Face::covering(image).bbox)?,
-                detected: false,
+                chip: self.fallback_chip(image)?,
+                pass: None,
             }),
         }
+    }
+
+    fn fallback_chip(&mut self, image: &RgbImage) -> Result<RgbImage, StillError> {
+        match self.fallback {
+            Fallback::WholeImage => self.box_chip(image, Face::covering(image).bbox),
+            Fallback::CentreSquare => {
+                Ok(self.five_point.align(image, &centre_square_face(image))?)
+            }
+            Fallback::BestWindow => match self.finder.detector_mut().best_window(image)? {
+                Some(face) => Ok(self.five_point.align(image, &face)?),
+                None => self.box_chip(image, Face::covering(image).bbox),
+            },
+        }
+    }
+}
+
+/// The centred square of the image's shorter side with the template's five points in it, as
+/// if the image were one of dlib's chips.
+fn centre_square_face(image: &RgbImage) -> Face {
+    let (w, h) = (image.width() as f32, image.height() as f32);
+    let side = w.min(h);
+    let (x0, y0) = ((w - side) / 2.0, (h - side) / 2.0);
+    let k = side / DLIB_CHIP_SIZE as f32;
+    Face {
+        bbox: FaceBox {
+            x1: x0,
+            y1: y0,
+            x2: x0 + side,
+            y2: y0 + side,
+        },
+        score: 0.0,
+        landmarks: DLIB_TEMPLATE_150.map(|[x, y]| [x0 + x * k, y0 + y * k]),
     }
 }
 
@@ -102,11 +210,21 @@ pub struct StillFaces {
 
 impl StillFaces {
     /// Wires the three stages; the aligner's chip size is the embedder's.
-    pub fn new(detector: Mtcnn, mode: AlignMode, embedder: Embedder) -> Self {
-        Self {
-            chips: StillChips::new(detector, mode, embedder.chip_size()),
+    pub fn new(
+        detector: Mtcnn,
+        search: FaceSearch,
+        mode: AlignMode,
+        embedder: Embedder,
+    ) -> Result<Self, StillError> {
+        Ok(Self {
+            chips: StillChips::new(detector, search, mode, embedder.chip_size())?,
             embedder,
-        }
+        })
+    }
+
+    /// A text naming every setting that changes the chips (part of cache keys).
+    pub fn describe(&self) -> String {
+        self.chips.describe()
     }
 
     /// Identity of the embedding model, as galleries record it.
@@ -121,21 +239,21 @@ impl StillFaces {
 
     /// Every face of the image, largest first, with its embedding (one batched run).
     pub fn faces(&mut self, image: &RgbImage) -> Result<Vec<EmbeddedFace>, StillError> {
-        let (faces, chips): (Vec<Face>, Vec<RgbImage>) =
+        let (faces, chips): (Vec<FoundFace>, Vec<RgbImage>) =
             self.chips.faces(image)?.into_iter().unzip();
         let embeddings = self.embedder.embed(&chips)?;
         Ok(faces
             .into_iter()
             .zip(embeddings)
-            .map(|(face, embedding)| EmbeddedFace { face, embedding })
+            .map(|(found, embedding)| EmbeddedFace { found, embedding })
             .collect())
     }
 
-    /// The embedding of the image's subject ([`StillChips::subject`]) and whether its face was
-    /// detected.
-    pub fn subject(&mut self, image: &RgbImage) -> Result<(Embedding, bool), StillError> {
+    /// The embedding of the image's subject ([`StillChips::subject`]) and the pass that found
+    /// its face (`None`: the fallback's chip).
+    pub fn subject(&mut self, image: &RgbImage) -> Result<(Embedding, Option<Pass>), StillError> {
         let subject = self.chips.subject(image)?;
-        Ok((self.embed_chip(&subject.chip)?, subject.detected))
+        Ok((self.embed_chip(&subject.chip)?, subject.pass))
     }
 
     /// The embedding of a face given by its box (crop-only alignment with [`BOX_MARGIN`]).
@@ -150,8 +268,8 @@ impl StillFaces {
         image: &RgbImage,
         face: &Face,
     ) -> Result<Embedding, StillError> {
-        let aligner = Aligner::new(AlignMode::FivePoint, self.embedder.chip_size());
-        self.embed_chip(&aligner.align(image, face)?)
+        let chip = self.chips.five_point.align(image, face)?;
+        self.embed_chip(&chip)
     }
 
     fn embed_chip(&mut self, chip: &RgbImage) -> Result<Embedding, StillError> {

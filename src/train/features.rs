@@ -1,5 +1,5 @@
 //! Trunk maps of the training images: each image goes through carivis's own detection (largest
-//! face, else the whole image) and five-point alignment, then the frozen trunk runs on the chip
+//! face found by the passes, else the fallback chip) and five-point alignment, then the frozen trunk runs on the chip
 //! and its mirror image. The job runner ([`crate::jobs`]) runs the workers; maps are cached on
 //! disk, one file per image, keyed by the trunk's checksum, the face settings and the image's
 //! sha256, so only new images cost anything on the next run.
@@ -13,7 +13,7 @@ use crate::align::AlignMode;
 use crate::detect::{DetectError, DetectorConfig, Mtcnn};
 use crate::embed::{EmbedError, chips_tensor};
 use crate::jobs::{CacheError, JobCache, Worker, cache_key};
-use crate::pipeline::still::{StillChips, StillError};
+use crate::pipeline::still::{FaceSearch, StillChips, StillError};
 use crate::runtime::{Model, Runtime, RuntimeError};
 use crate::types::RgbImage;
 
@@ -28,9 +28,9 @@ pub type MapPair = [Vec<f32>; 2];
 pub enum ImageMaps {
     /// A face was found; its two maps.
     Face(Box<MapPair>),
-    /// No face was found; the maps of the whole image as a chip (as `carivis eval` embeds it).
-    WholeImage(Box<MapPair>),
-    /// The detector found no face (and the whole image was not wanted).
+    /// No face was found; the maps of the fallback chip (as `carivis eval` embeds it).
+    Fallback(Box<MapPair>),
+    /// The detector found no face (and the fallback chip was not wanted).
     NoFace,
 }
 
@@ -93,8 +93,8 @@ impl JobCache<ImageMaps> for MapCache {
         match bytes.len() {
             0 => Some(ImageMaps::NoFace),
             n if n == maps_len => Some(ImageMaps::Face(pair(&bytes))),
-            n if n == maps_len + 1 && bytes[maps_len] == WHOLE_IMAGE_MARK => {
-                Some(ImageMaps::WholeImage(pair(&bytes)))
+            n if n == maps_len + 1 && bytes[maps_len] == FALLBACK_MARK => {
+                Some(ImageMaps::Fallback(pair(&bytes)))
             }
             _ => None,
         }
@@ -109,9 +109,9 @@ impl JobCache<ImageMaps> for MapCache {
         };
         let bytes: Vec<u8> = match maps {
             ImageMaps::Face(pair) => floats(pair),
-            ImageMaps::WholeImage(pair) => {
+            ImageMaps::Fallback(pair) => {
                 let mut bytes = floats(pair);
-                bytes.push(WHOLE_IMAGE_MARK);
+                bytes.push(FALLBACK_MARK);
                 bytes
             }
             ImageMaps::NoFace => Vec::new(),
@@ -121,26 +121,28 @@ impl JobCache<ImageMaps> for MapCache {
     }
 }
 
-/// Last byte of a cache file holding whole-image maps.
-const WHOLE_IMAGE_MARK: u8 = b'W';
+/// Last byte of a cache file holding the fallback chip's maps.
+const FALLBACK_MARK: u8 = b'W';
 
 /// One worker's models: detector, aligners and trunk.
 pub struct MapWorker {
     chips: StillChips,
-    whole_image: bool,
+    use_fallback: bool,
     trunk: Model,
     trunk_input: String,
 }
 
 impl MapWorker {
-    /// Opens MTCNN from `models_dir` (largest face only) and the trunk model file; with
-    /// `whole_image`, an image without a face is used whole (crop-only, as evaluation does).
+    /// Opens MTCNN from `models_dir` (largest face only) and the trunk model file; faces are
+    /// searched for as `search` says, and with `use_fallback` an image without a face is
+    /// used through the fallback chip (as evaluation does), else left out.
     pub fn open(
         runtime: &Runtime,
         models_dir: &Path,
         trunk: &Path,
         detector: DetectorConfig,
-        whole_image: bool,
+        search: FaceSearch,
+        use_fallback: bool,
     ) -> Result<Self, MapError> {
         let detector = Mtcnn::open(
             runtime,
@@ -157,8 +159,8 @@ impl MapWorker {
             .map(|i| i.name.clone())
             .unwrap_or_default();
         Ok(Self {
-            chips: StillChips::new(detector, AlignMode::FivePoint, CHIP_SIZE),
-            whole_image,
+            chips: StillChips::new(detector, search, AlignMode::FivePoint, CHIP_SIZE)?,
+            use_fallback,
             trunk,
             trunk_input,
         })
@@ -167,7 +169,7 @@ impl MapWorker {
     /// The aligned chip of the image's largest face, if one is found.
     pub fn chip(&mut self, image: &RgbImage) -> Result<Option<RgbImage>, MapError> {
         let subject = self.chips.subject(image)?;
-        Ok(subject.detected.then_some(subject.chip))
+        Ok(subject.detected().then_some(subject.chip))
     }
 
     /// Trunk maps (256×4×4, flattened) of each chip.
@@ -201,14 +203,15 @@ impl Worker for MapWorker {
     /// ([`StillChips::subject`]) and that chip's mirror image.
     fn process(&mut self, image: &RgbImage) -> Result<ImageMaps, MapError> {
         let subject = self.chips.subject(image)?;
-        if !subject.detected && !self.whole_image {
+        if !subject.detected() && !self.use_fallback {
             return Ok(ImageMaps::NoFace);
         }
+        let detected = subject.detected();
         let pair = self.mirrored_pair(subject.chip)?;
-        Ok(if subject.detected {
+        Ok(if detected {
             ImageMaps::Face(pair)
         } else {
-            ImageMaps::WholeImage(pair)
+            ImageMaps::Fallback(pair)
         })
     }
 }

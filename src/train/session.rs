@@ -25,6 +25,7 @@ use crate::detect::DetectorConfig;
 use crate::eval::protocol::{named_by_pairs, read_layout, read_manifest};
 use crate::files::sha256_hex;
 use crate::jobs::{self, Progress};
+use crate::pipeline::still::FaceSearch;
 use crate::runtime::{Device, Runtime, RuntimeConfig};
 use crate::types::{LabelledImage, Modality};
 
@@ -47,8 +48,8 @@ pub enum DataSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NoFace {
-    /// Train on the whole image as the chip (as evaluation embeds it).
-    WholeImage,
+    /// Train on the fallback chip (as evaluation embeds it).
+    Fallback,
     /// Leave the image out.
     Skip,
 }
@@ -91,6 +92,8 @@ pub struct TrainConfig {
     pub exclude_pairs: Vec<PathBuf>,
     /// How images are split into training, validation and held-out people.
     pub split: SplitOptions,
+    /// How faces are searched for (retry passes, fallback chip).
+    pub faces: FaceSearch,
     /// Images without a detected face.
     pub no_face: NoFace,
     /// The hyper-parameters.
@@ -362,6 +365,8 @@ pub struct DataRecord {
     pub exclude_pairs: Vec<PathBuf>,
     /// Images without a face.
     pub no_face: NoFace,
+    /// How faces were searched for ([`FaceSearch::describe`]).
+    pub faces: String,
 }
 
 impl DataRecord {
@@ -370,6 +375,7 @@ impl DataRecord {
             split: config.split.clone(),
             exclude_pairs: config.exclude_pairs.clone(),
             no_face: config.no_face,
+            faces: config.faces.describe(),
         }
     }
 }
@@ -401,7 +407,7 @@ impl EpochState {
 }
 
 /// The checkpoint format this build writes and reads; older ones are refused.
-pub const CHECKPOINT_FORMAT: u64 = 2;
+pub const CHECKPOINT_FORMAT: u64 = 3;
 
 /// The checkpoint's description (`checkpoint.json`); its tensors are in a safetensors file
 /// named by [`Checkpoint::tensors`].
@@ -641,11 +647,12 @@ fn copies_of_excluded(hashes: &[String], excluded: &HashSet<usize>) -> Vec<usize
 /// The face settings that change the maps (part of the cache key).
 fn cache_settings(config: &TrainConfig) -> String {
     format!(
-        "{:?} five-point {}{}",
+        "{:?} {} five-point {}{}",
         DetectorConfig::default(),
+        config.faces.describe(),
         CHIP_SIZE,
-        if config.no_face == NoFace::WholeImage {
-            " whole image when no face"
+        if config.no_face == NoFace::Fallback {
+            " fallback chip when no face"
         } else {
             ""
         }
@@ -676,7 +683,8 @@ fn compute_maps(
                 &config.models_dir,
                 trunk,
                 DetectorConfig::default(),
-                config.no_face == NoFace::WholeImage,
+                config.faces.clone(),
+                config.no_face == NoFace::Fallback,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -711,7 +719,7 @@ fn face_counts(
     for (&i, outcome) in wanted.iter().zip(maps) {
         let kind = match outcome {
             Some(ImageMaps::Face(_)) => "face",
-            Some(ImageMaps::WholeImage(_)) => "whole image (no face)",
+            Some(ImageMaps::Fallback(_)) => "fallback chip (no face)",
             Some(ImageMaps::NoFace) => "no face",
             None => "unreadable",
         };
@@ -735,7 +743,7 @@ fn examples_by_role(
         };
         for i in dataset.with_role(role) {
             let pair = match by_image.get(&i) {
-                Some(Some(ImageMaps::Face(pair) | ImageMaps::WholeImage(pair))) => Some(pair),
+                Some(Some(ImageMaps::Face(pair) | ImageMaps::Fallback(pair))) => Some(pair),
                 _ => None,
             };
             if let (Some(pair), Some(l)) = (pair, label(i)) {
@@ -1251,7 +1259,8 @@ mod tests {
                 holdout_identities: 0,
                 seed: 5,
             },
-            no_face: NoFace::WholeImage,
+            no_face: NoFace::Fallback,
+            faces: FaceSearch::default(),
             options: options(),
             select: Selection::Auc,
             base: dlib_model(),

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use carivis::align::AlignMode;
-use carivis::detect::{DetectorConfig, Mtcnn};
+use carivis::detect::{DetectorConfig, Mtcnn, Passes, RetryConfig};
 use carivis::embed::{DLIB_SPEC, Embedder};
-use carivis::pipeline::still::StillFaces;
+use carivis::pipeline::still::{FaceSearch, Fallback, StillFaces};
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
 
 /// Environment variable that turns every skipped test into a failure (`.ci/run` sets it to 1),
@@ -86,14 +86,27 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Detector (largest face only, with a grey `border`), five-point aligner and the dlib
-/// embedder, on the CPU.
-pub fn still_faces(border: f32) -> StillFaces {
-    still_faces_with(border, DLIB_SPEC.file)
+/// The face search before the retry passes (first pass only, the whole image as the
+/// fallback): what the figures of the older tests were measured with.
+pub fn first_pass_only() -> FaceSearch {
+    FaceSearch {
+        retry: RetryConfig {
+            passes: Passes::First,
+            ..RetryConfig::default()
+        },
+        fallback: Fallback::WholeImage,
+    }
 }
 
-/// As [`still_faces`], with the embedding model `model` from the models folder.
-pub fn still_faces_with(border: f32, model: &str) -> StillFaces {
+/// Detector (largest face only, with a grey `border`, first pass only), five-point aligner and
+/// the dlib embedder, on the CPU.
+pub fn still_faces(border: f32) -> StillFaces {
+    still_faces_with(border, DLIB_SPEC.file, first_pass_only())
+}
+
+/// As [`still_faces`], with the embedding model `model` from the models folder and the face
+/// search `search`.
+pub fn still_faces_with(border: f32, model: &str, search: FaceSearch) -> StillFaces {
     let runtime = cpu_runtime();
     let config = DetectorConfig {
         largest_only: true,
@@ -102,7 +115,7 @@ pub fn still_faces_with(border: f32, model: &str) -> StillFaces {
     };
     let detector = Mtcnn::open(&runtime, &models_dir(), config).unwrap();
     let embedder = Embedder::open(&runtime, &models_dir().join(model), 8).unwrap();
-    StillFaces::new(detector, AlignMode::FivePoint, embedder)
+    StillFaces::new(detector, search, AlignMode::FivePoint, embedder).unwrap()
 }
 
 /// Verification settings for a CaVI pair file under `data`: 4 folds, TAR at FAR 1%, the

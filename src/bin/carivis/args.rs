@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::search_args::parse_floats;
+
 use carivis::align::AlignMode;
-use carivis::detect::{DetectorConfig, Mtcnn};
+use carivis::detect::{DetectorConfig, FaceFinder, Mtcnn, RetryConfig};
 use carivis::embed::{DEFAULT_BATCH, DEFAULT_EMBEDDER, Embedder};
 use carivis::eval::BranchChoice;
 use carivis::eval::protocol::PairFormat;
 use carivis::models::default_models_dir;
 use carivis::pipeline::Pacing;
-use carivis::pipeline::still::StillFaces;
+use carivis::pipeline::still::{FaceSearch, StillFaces};
 use carivis::runtime::{Device, Runtime, RuntimeConfig};
 use carivis::types::Modality;
 
@@ -196,8 +198,8 @@ impl RecognizerArgs {
             .unwrap_or_else(|| self.runtime.models_dir().join(DEFAULT_EMBEDDER))
     }
 
-    /// Opens detector, aligner and embedder.
-    pub fn still_faces(&self, largest_only: bool) -> Result<StillFaces> {
+    /// Opens detector, aligner and embedder; faces are searched for as `search` says.
+    pub fn still_faces(&self, search: FaceSearch, largest_only: bool) -> Result<StillFaces> {
         let runtime = self.runtime.runtime()?;
         let detector = open_detector(
             &runtime,
@@ -205,7 +207,8 @@ impl RecognizerArgs {
             self.detector.config(largest_only),
         )?;
         let embedder = open_embedder(&runtime, &self.embedder_path(), self.batch)?;
-        Ok(StillFaces::new(detector, self.aligner.mode(), embedder))
+        StillFaces::new(detector, search, self.aligner.mode(), embedder)
+            .context("cannot start the face search")
     }
 }
 
@@ -214,22 +217,18 @@ pub fn open_detector(runtime: &Runtime, models: &Path, config: DetectorConfig) -
     Mtcnn::open(runtime, models, config).context("cannot start the face detector")
 }
 
+/// Opens MTCNN with the retry passes.
+pub fn open_finder(
+    runtime: &Runtime,
+    models: &Path,
+    config: DetectorConfig,
+    retry: RetryConfig,
+) -> Result<FaceFinder> {
+    FaceFinder::new(open_detector(runtime, models, config)?, retry)
+        .context("cannot start the face search")
+}
+
 /// Opens an embedding model.
 pub fn open_embedder(runtime: &Runtime, path: &Path, batch: usize) -> Result<Embedder> {
     Embedder::open(runtime, path, batch).context("cannot start the embedding model")
-}
-
-/// Parses `N` comma-separated numbers, e.g. `0.6,0.7,0.7` or a box `x1,y1,x2,y2`.
-pub fn parse_floats<const N: usize>(text: &str) -> Result<[f32; N], String> {
-    let values: Vec<f32> = text
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<f32>()
-                .map_err(|_| format!("{v:?} is not a number"))
-        })
-        .collect::<Result<_, _>>()?;
-    values
-        .try_into()
-        .map_err(|v: Vec<f32>| format!("expected {N} comma-separated numbers, got {}", v.len()))
 }

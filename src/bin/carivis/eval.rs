@@ -14,6 +14,7 @@ use indicatif::ProgressBar;
 
 use crate::args::{BranchArg, PairFormatArg, RecognizerArgs};
 use crate::progress::show_job;
+use crate::search_args::{FallbackArg, SearchArgs};
 use carivis::eval::cache::default_cache_dir;
 use carivis::eval::identify::IdentifyOptions;
 use carivis::eval::protocol::{named_by_pairs, read_layout, read_manifest};
@@ -22,6 +23,7 @@ use carivis::eval::{
     verify,
 };
 use carivis::jobs::Progress;
+use carivis::pipeline::still::{FaceSearch, Fallback};
 use carivis::types::LabelledImage;
 
 #[derive(Subcommand)]
@@ -50,8 +52,13 @@ pub struct CommonArgs {
     /// Worker threads embedding images, each with its own model sessions [default: CPU cores].
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
+    /// The chip embedded for an image where no detection pass finds a face.
+    #[arg(long, value_enum, default_value_t = FallbackArg::BestWindow)]
+    fallback: FallbackArg,
     #[command(flatten)]
     recognizer: RecognizerArgs,
+    #[command(flatten)]
+    search: SearchArgs,
 }
 
 #[derive(Args)]
@@ -123,7 +130,7 @@ fn with_faces<T>(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let workers = (0..jobs)
-        .map(|_| common.recognizer.still_faces(true))
+        .map(|_| common.recognizer.still_faces(search(common), true))
         .collect::<Result<Vec<_>>>()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -134,16 +141,19 @@ fn with_faces<T>(
     let result = evaluate(Faces {
         workers,
         cache_dir: common.cache.clone().unwrap_or_else(default_cache_dir),
-        settings: format!(
-            "align={:?} detector={:?} largest face, whole image when none",
-            common.recognizer.aligner.mode(),
-            common.recognizer.detector.config(true)
-        ),
         progress: &progress,
         stop: &stop,
     });
     bar.finish_and_clear();
     Ok(result?)
+}
+
+/// How faces are searched for, with the fallback chip.
+fn search(common: &CommonArgs) -> FaceSearch {
+    FaceSearch {
+        retry: common.search.retry(),
+        fallback: common.fallback.into(),
+    }
 }
 
 /// The options as recorded in reports.
@@ -153,6 +163,7 @@ fn options_json(common: &CommonArgs) -> serde_json::Value {
         "embedder": r.embedder_path(),
         "align": format!("{:?}", r.aligner.mode()),
         "detector": format!("{:?}", r.detector.config(true)),
+        "search": search(common).describe(),
         "branch": BranchChoice::from(common.branch),
         "batch": r.batch,
         "device": format!("{:?}", r.runtime.device),
@@ -193,7 +204,7 @@ fn write_report_file(
     Ok(path)
 }
 
-fn print_images(images: &ImageSummary) {
+fn print_images(images: &ImageSummary, fallback: Fallback) {
     println!(
         "images: {} ({} from cache, {} embedded now, {} unreadable), {} paths ({} mentions) matched only ignoring case, {} missing",
         images.images,
@@ -205,12 +216,14 @@ fn print_images(images: &ImageSummary) {
         images.missing.len()
     );
     for (modality, d) in &images.detection {
+        let passes: Vec<String> = d.by_pass.iter().map(|(p, n)| format!("{p} {n}")).collect();
         println!(
-            "  {modality:<10} face found in {}/{} ({:.1}%), whole image used for {}",
+            "  {modality:<10} face found in {}/{} ({:.1}%; by pass: {}), {fallback} fallback for {}",
             d.detected,
             d.images,
             100.0 * d.rate,
-            d.whole_image
+            passes.join(", "),
+            d.fallback
         );
     }
     for path in &images.missing {
@@ -235,7 +248,7 @@ fn run_verify(args: &VerifyArgs) -> Result<ExitCode> {
     };
     let report = with_faces(&args.common, |faces| verify(&input, faces))?;
     let v = &report.verification;
-    print_images(&report.images);
+    print_images(&report.images, args.common.fallback.into());
     println!(
         "pairs: {} scored ({} same, {} different), {} skipped",
         v.pairs, v.genuine, v.impostor, report.dataset.pairs_skipped
@@ -295,7 +308,7 @@ fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
         },
     };
     let report = with_faces(&args.common, |faces| identify(&input, faces))?;
-    print_images(&report.images);
+    print_images(&report.images, args.common.fallback.into());
     println!("identities: {}", report.identities);
     for d in &report.directions {
         println!(

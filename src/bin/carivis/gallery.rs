@@ -7,14 +7,15 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{ModalityArg, RecognizerArgs, RuntimeArgs, open_embedder, parse_floats};
+use crate::args::{ModalityArg, RecognizerArgs, RuntimeArgs, open_embedder};
+use crate::search_args::{SearchArgs, parse_floats};
 use carivis::capture::{IMAGE_EXTENSIONS, images_in, load_image};
 use carivis::embed::DEFAULT_EMBEDDER;
 use carivis::eval::{apply_thresholds, read_thresholds};
 use carivis::files::file_sha256;
 use carivis::gallery::store::Enrolment;
 use carivis::gallery::{Gallery, NewEntry};
-use carivis::pipeline::still::{StillFaces, model_id};
+use carivis::pipeline::still::{FaceSearch, StillFaces, model_id};
 use carivis::types::{Embedding, Face, FaceBox, Modality};
 
 #[derive(Subcommand)]
@@ -90,6 +91,8 @@ pub struct AddArgs {
     whole_image: bool,
     #[command(flatten)]
     recognizer: RecognizerArgs,
+    #[command(flatten)]
+    search: SearchArgs,
 }
 
 /// Runs a gallery subcommand.
@@ -210,7 +213,7 @@ fn enrolment_face(
         }
         _ => {
             let first = found.remove(0);
-            Ok((first.face, Enrolment::FivePoint, first.embedding))
+            Ok((first.found.face, Enrolment::FivePoint, first.embedding))
         }
     }
 }
@@ -221,7 +224,7 @@ fn add(args: &AddArgs) -> Result<ExitCode> {
     }
     let files = expand_inputs(&args.inputs)?;
     let mut gallery = Gallery::open_for_update(&args.dir)?;
-    let mut faces = args.recognizer.still_faces(false)?;
+    let mut faces = args.recognizer.still_faces(args.search.search(), false)?;
     gallery.check_model(&faces.model_id())?;
     let bar = progress(files.len());
     bar.set_message(format!("adding {}", shown(&args.name)));
@@ -332,7 +335,7 @@ fn list(dir: &Path, json: bool) -> Result<ExitCode> {
 
 fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
     let mut gallery = Gallery::open_for_update(dir)?;
-    let mut faces = recognizer.still_faces(false)?;
+    let mut faces = recognizer.still_faces(FaceSearch::default(), false)?;
     let model = faces.model_id();
     let bar = progress(gallery.entries().len());
     bar.set_message("re-embedding");

@@ -6,6 +6,7 @@ mod eval;
 mod gallery;
 mod progress;
 mod recognise;
+mod search_args;
 mod video;
 
 use std::path::{Path, PathBuf};
@@ -14,13 +15,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use args::{AlignerArgs, DetectorArgs, RuntimeArgs, open_detector};
+use args::{AlignerArgs, DetectorArgs, RuntimeArgs, open_finder};
 use carivis::align::{Aligner, DLIB_CHIP_SIZE};
 use carivis::capture::load_image;
-use carivis::detect::Mtcnn;
+use carivis::detect::{FaceFinder, FoundFace};
 use carivis::models::SHIPPED;
 use carivis::runtime::check_model;
-use carivis::types::{Face, RgbImage};
+use carivis::types::RgbImage;
+use search_args::SearchArgs;
 
 /// Recognise people in live video and video files, also when the gallery knows them only
 /// from caricatures.
@@ -95,6 +97,8 @@ struct DetectArgs {
     #[command(flatten)]
     detector: DetectorArgs,
     #[command(flatten)]
+    search: SearchArgs,
+    #[command(flatten)]
     runtime: RuntimeArgs,
 }
 
@@ -113,6 +117,8 @@ struct AlignArgs {
     aligner: AlignerArgs,
     #[command(flatten)]
     detector: DetectorArgs,
+    #[command(flatten)]
+    search: SearchArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -186,10 +192,10 @@ fn models_check(args: &RuntimeArgs) -> Result<ExitCode> {
 }
 
 /// Reads an image and finds its faces; errors name the file.
-fn load_and_detect(detector: &mut Mtcnn, path: &Path) -> Result<(RgbImage, Vec<Face>)> {
+fn load_and_detect(finder: &mut FaceFinder, path: &Path) -> Result<(RgbImage, Vec<FoundFace>)> {
     let image = load_image(path)?;
-    let faces = detector
-        .detect(&image)
+    let faces = finder
+        .find(&image)
         .with_context(|| path.display().to_string())?;
     Ok((image, faces))
 }
@@ -218,14 +224,15 @@ struct ImageFaces<'a> {
     image: &'a Path,
     width: u32,
     height: u32,
-    faces: Vec<Face>,
+    faces: Vec<FoundFace>,
 }
 
 fn detect(args: &DetectArgs) -> Result<ExitCode> {
-    let mut detector = open_detector(
+    let mut detector = open_finder(
         &args.runtime.runtime()?,
         &args.runtime.models_dir(),
         args.detector.config(args.largest),
+        args.search.retry(),
     )?;
     Ok(for_each_file(&args.images, |path| {
         let (image, faces) = load_and_detect(&mut detector, path)?;
@@ -242,10 +249,11 @@ fn detect(args: &DetectArgs) -> Result<ExitCode> {
 }
 
 fn align(args: &AlignArgs) -> Result<ExitCode> {
-    let mut detector = open_detector(
+    let mut detector = open_finder(
         &args.runtime.runtime()?,
         &args.runtime.models_dir(),
         args.detector.config(args.largest),
+        args.search.retry(),
     )?;
     let aligner = Aligner::new(args.aligner.mode(), DLIB_CHIP_SIZE);
     std::fs::create_dir_all(&args.out)
@@ -256,9 +264,9 @@ fn align(args: &AlignArgs) -> Result<ExitCode> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for (i, face) in faces.iter().enumerate() {
+        for (i, found) in faces.iter().enumerate() {
             let chip = aligner
-                .align(&image, face)
+                .align(&image, &found.face)
                 .with_context(|| format!("{}: face {i}", path.display()))?;
             let target = args.out.join(format!("{stem}_face{i}.png"));
             chip.save(&target)
@@ -281,12 +289,13 @@ fn print_faces(result: &ImageFaces<'_>, json: bool) -> Result<()> {
         result.height,
         result.faces.len()
     );
-    for (i, face) in result.faces.iter().enumerate() {
+    for (i, found) in result.faces.iter().enumerate() {
+        let face = &found.face;
         let b = face.bbox;
         let [le, re, ..] = face.landmarks;
         println!(
-            "  #{i:<2} box ({:7.1},{:7.1})–({:7.1},{:7.1})  score {:.4}  eyes ({:.1},{:.1}) ({:.1},{:.1})",
-            b.x1, b.y1, b.x2, b.y2, face.score, le[0], le[1], re[0], re[1]
+            "  #{i:<2} box ({:7.1},{:7.1})–({:7.1},{:7.1})  score {:.4}  eyes ({:.1},{:.1}) ({:.1},{:.1})  pass {}",
+            b.x1, b.y1, b.x2, b.y2, face.score, le[0], le[1], re[0], re[1], found.pass
         );
     }
     Ok(())

@@ -10,7 +10,9 @@ use serde::Serialize;
 use crate::args::{ModalityArg, RecognizerArgs};
 use crate::for_each_file;
 use crate::gallery::shown;
+use crate::search_args::SearchArgs;
 use carivis::capture::load_image;
+use carivis::detect::{FoundFace, Pass};
 use carivis::gallery::matching::{Branch, Thresholds};
 use carivis::gallery::{Gallery, Identification, branch_of};
 use carivis::render::UNKNOWN_LABEL;
@@ -38,6 +40,8 @@ pub struct IdentifyArgs {
     json: bool,
     #[command(flatten)]
     recognizer: RecognizerArgs,
+    #[command(flatten)]
+    search: SearchArgs,
 }
 
 #[derive(Serialize)]
@@ -50,6 +54,7 @@ struct IdentifiedImage<'a> {
 struct IdentifiedFace {
     #[serde(rename = "box")]
     bbox: [f32; 4],
+    pass: Pass,
     identity: Option<String>,
     similarity: f32,
     threshold: f32,
@@ -63,9 +68,10 @@ struct CandidateOut {
     similarity: f32,
 }
 
-fn identified_face(bbox: [f32; 4], found: Identification, top_k: usize) -> IdentifiedFace {
+fn identified_face(face: &FoundFace, found: Identification, top_k: usize) -> IdentifiedFace {
     IdentifiedFace {
-        bbox,
+        bbox: face.face.bbox.to_array(),
+        pass: face.pass,
         identity: found.identity,
         similarity: found.similarity,
         threshold: found.threshold,
@@ -84,7 +90,7 @@ fn identified_face(bbox: [f32; 4], found: Identification, top_k: usize) -> Ident
 
 /// Identifies every face of every image.
 pub fn identify(args: &IdentifyArgs) -> Result<ExitCode> {
-    let mut faces = args.recognizer.still_faces(false)?;
+    let mut faces = args.recognizer.still_faces(args.search.search(), false)?;
     let gallery = Gallery::open(&args.gallery, &faces.model_id())?;
     let thresholds = args.threshold.map(Thresholds::uniform);
     Ok(for_each_file(&args.images, |path| {
@@ -99,11 +105,9 @@ pub fn identify(args: &IdentifyArgs) -> Result<ExitCode> {
         {
             let found =
                 gallery.identify(&face.embedding, args.modality.into(), thresholds.as_ref())?;
-            result.faces.push(identified_face(
-                face.face.bbox.to_array(),
-                found,
-                args.top_k,
-            ));
+            result
+                .faces
+                .push(identified_face(&face.found, found, args.top_k));
         }
         print_identified(&result, args.json)
     }))
@@ -153,11 +157,13 @@ pub struct VerifyArgs {
     json: bool,
     #[command(flatten)]
     recognizer: RecognizerArgs,
+    #[command(flatten)]
+    search: SearchArgs,
 }
 
 /// Compares the largest faces of two images.
 pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
-    let mut faces = args.recognizer.still_faces(true)?;
+    let mut faces = args.recognizer.still_faces(args.search.search(), true)?;
     let multi_task = faces.model_id().branches.len() > 1;
     let mut largest = |path: &Path| -> Result<Embedding> {
         let image = load_image(path)?;
@@ -214,6 +220,8 @@ pub struct EmbedArgs {
     json: bool,
     #[command(flatten)]
     recognizer: RecognizerArgs,
+    #[command(flatten)]
+    search: SearchArgs,
 }
 
 #[derive(Serialize)]
@@ -228,12 +236,13 @@ struct EmbeddedFaceOut {
     #[serde(rename = "box")]
     bbox: [f32; 4],
     score: f32,
+    pass: Pass,
     embedding: Embedding,
 }
 
 /// Prints every face's embedding as JSON Lines.
 pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
-    let mut faces = args.recognizer.still_faces(false)?;
+    let mut faces = args.recognizer.still_faces(args.search.search(), false)?;
     let model = faces.model_id();
     Ok(for_each_file(&args.images, |path| {
         let image = load_image(path)?;
@@ -246,8 +255,9 @@ pub fn embed(args: &EmbedArgs) -> Result<ExitCode> {
             faces: found
                 .into_iter()
                 .map(|f| EmbeddedFaceOut {
-                    bbox: f.face.bbox.to_array(),
-                    score: f.face.score,
+                    bbox: f.found.face.bbox.to_array(),
+                    score: f.found.face.score,
+                    pass: f.found.pass,
                     embedding: f.embedding,
                 })
                 .collect(),
