@@ -12,12 +12,18 @@ use carivis::files::file_sha256;
 use carivis::gallery::matching::Thresholds;
 use carivis::gallery::store::{Enrolment, ModelId};
 use carivis::gallery::{Gallery, GalleryError, NewEntry};
-use carivis::pipeline::still::StillFaces;
+use carivis::embed::DEFAULT_EMBEDDER;
+use carivis::pipeline::still::{FaceSearch, StillFaces};
 use carivis::types::Modality;
-use common::{astronaut_chip, data_dir, models_dir, still_faces};
+use common::{astronaut_chip, data_dir, models_dir, still_faces, still_faces_with};
 
 /// Border for the Big Bang Theory crops: 150×150 images the face fills.
 const CROP_BORDER: f32 = 0.1;
+
+/// Big Bang Theory probes named right with the default settings (measured: README, Accuracy):
+/// every face is found now; stuart5 is taken for sheldon under every setting and model, and
+/// howard5 scores below the default model's photo threshold.
+const BBT_DEFAULT_IDENTIFIED: usize = 6;
 
 fn enrol(
     gallery: &mut Gallery,
@@ -43,11 +49,9 @@ fn enrol(
     true
 }
 
-#[test]
-fn big_bang_theory_cast_is_recognised_from_four_photos_each() {
-    let Some(data) = data_dir("big_bang_theory_cast_is_recognised_from_four_photos_each") else {
-        return;
-    };
+/// Enrols photos 1–4 of each of the eight Big Bang Theory cast members (face-api.js's
+/// examples, tight crops) and identifies photo 5; returns how many were named right.
+fn big_bang_theory_identified(data: &Path, mut faces: StillFaces) -> usize {
     let root = data.join("faces/face_api_js/examples/images");
     let people = [
         "amy",
@@ -59,7 +63,6 @@ fn big_bang_theory_cast_is_recognised_from_four_photos_each() {
         "sheldon",
         "stuart",
     ];
-    let mut faces = still_faces(CROP_BORDER);
     let dir = tempfile::tempdir().unwrap();
     let mut gallery = Gallery::create(&dir.path().join("bbt"), faces.model_id()).unwrap();
     for person in people {
@@ -86,11 +89,38 @@ fn big_bang_theory_cast_is_recognised_from_four_photos_each() {
                     .identity
             })
             .unwrap_or_default();
-        eprintln!("{person}5 → {}", answer.as_deref().unwrap_or("unknown"));
+        let pass = probe.first().map(|f| f.found.pass.to_string());
+        eprintln!(
+            "{person}5 → {} (pass {})",
+            answer.as_deref().unwrap_or("unknown"),
+            pass.as_deref().unwrap_or("none: no face")
+        );
         correct += usize::from(answer.as_deref() == Some(person));
     }
     eprintln!("Big Bang Theory: {correct}/8 identified");
+    correct
+}
+
+#[test]
+fn big_bang_theory_cast_is_recognised_from_four_photos_each() {
+    let Some(data) = data_dir("big_bang_theory_cast_is_recognised_from_four_photos_each") else {
+        return;
+    };
+    // dlib descriptor, first pass only on a copy with a 10% grey border.
+    let correct = big_bang_theory_identified(&data, still_faces(CROP_BORDER));
     assert!(correct >= 7, "{correct}/8");
+}
+
+#[test]
+fn big_bang_theory_cast_is_recognised_with_default_settings() {
+    let Some(data) = data_dir("big_bang_theory_cast_is_recognised_with_default_settings") else {
+        return;
+    };
+    // The default model and the default face search (retry passes), no border: README
+    // (Accuracy) gives the count.
+    let faces = still_faces_with(0.0, DEFAULT_EMBEDDER, FaceSearch::default());
+    let correct = big_bang_theory_identified(&data, faces);
+    assert!(correct >= BBT_DEFAULT_IDENTIFIED, "{correct}/8");
 }
 
 /// `(path, identity, modality)` of CaVI images, from the manifest (canonical identities).
