@@ -8,11 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use carivis::capture::load_image;
+use carivis::embed::DEFAULT_EMBEDDER;
 use carivis::files::file_sha256;
 use carivis::gallery::matching::Thresholds;
 use carivis::gallery::store::{Enrolment, ModelId};
 use carivis::gallery::{Gallery, GalleryError, NewEntry};
-use carivis::embed::DEFAULT_EMBEDDER;
 use carivis::pipeline::still::{FaceSearch, StillFaces};
 use carivis::types::Modality;
 use common::{astronaut_chip, data_dir, models_dir, still_faces, still_faces_with};
