@@ -4,8 +4,6 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 use crate::align::{AlignError, AlignMode, Aligner, BOX_MARGIN, DLIB_CHIP_SIZE, DLIB_TEMPLATE_150};
 use crate::detect::{DetectError, FaceFinder, FoundFace, Mtcnn, Pass, RetryConfig};
 use crate::embed::{EmbedError, Embedder};
@@ -36,8 +34,7 @@ pub struct EmbeddedFace {
 }
 
 /// The chip used for an image of one person when no pass finds a face.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fallback {
     /// The whole image, squared about its centre (crop-only, as for a given box).
     WholeImage,
