@@ -156,8 +156,8 @@ impl Mtcnn {
 
     /// The face O-Net scores highest among a grid of square windows over the image (sides
     /// of 100%, 85% and 70% of its shorter side, each at 3×3 positions), whatever its score:
-    /// a fallback for images where the cascade finds nothing. `None` only when O-Net keeps no
-    /// window at all.
+    /// a fallback for images where the cascade finds nothing. `None` only when every window's
+    /// crop is empty.
     pub fn best_window(&mut self, image: &RgbImage) -> Result<Option<Face>, DetectError> {
         let candidates = window_grid(image.width() as f32, image.height() as f32)
             .into_iter()

@@ -1,8 +1,11 @@
 //! Retry passes for still images. MTCNN's first pass (the reference cascade, unchanged) misses
 //! faces that fill a tightly cropped image, because its crops never extend past the image, and
 //! faces tilted far from upright. When the first pass finds no face, or only faces whose box
-//! touches the image border, the image is padded and detected again; when that finds nothing
-//! either, padded copies rotated by each configured angle are tried and the best is kept.
+//! touches the image border, the image is padded and detected again (the padded copy's faces
+//! replace border-touching ones: their boxes are no longer cut by the edge); when neither finds
+//! any face, padded copies rotated by each configured angle are tried and the best is kept.
+//! Boxes of faces found on a rotated copy stay axis-aligned in the image (their landmarks carry
+//! the tilt, which five-point alignment undoes).
 //! Faces found on a copy are mapped back to the original image's pixels.
 
 use std::fmt;
@@ -50,8 +53,8 @@ pub struct RetryConfig {
     /// P-Net, R-Net and O-Net score thresholds of the retries (the first pass keeps the
     /// detector's).
     pub thresholds: [f32; 3],
-    /// Rotations of the padded copy tried when padding alone finds nothing, in degrees
-    /// (positive turns the image counter-clockwise).
+    /// Rotations of the padded copy tried when neither the first pass nor the padded copy
+    /// finds any face, in degrees (positive turns the image counter-clockwise).
     pub angles: Vec<i16>,
 }
 
@@ -93,7 +96,7 @@ impl RetryConfig {
                 self.thresholds
             )));
         }
-        if let Some(a) = self.angles.iter().find(|a| a.abs() > 180) {
+        if let Some(a) = self.angles.iter().find(|a| a.unsigned_abs() > 180) {
             return Err(DetectError::BadConfig(format!(
                 "retry angles must be within ±180°, got {a}"
             )));

@@ -157,7 +157,7 @@ pub struct DetectionStats {
     pub images: usize,
     /// Images where a face was found.
     pub detected: usize,
-    /// Faces found by each detection pass (`first`, `padded`, `rotated+20`, …).
+    /// Images whose face each detection pass found (`first`, `padded`, `rotated+20`, …).
     pub by_pass: BTreeMap<String, usize>,
     /// Images whose fallback chip was embedded because no pass found a face.
     pub fallback: usize,

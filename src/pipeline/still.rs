@@ -167,16 +167,21 @@ impl StillChips {
     }
 
     fn fallback_chip(&mut self, image: &RgbImage) -> Result<RgbImage, StillError> {
-        match self.fallback {
-            Fallback::WholeImage => self.box_chip(image, Face::covering(image).bbox),
-            Fallback::CentreSquare => {
-                Ok(self.five_point.align(image, &centre_square_face(image))?)
-            }
-            Fallback::BestWindow => match self.finder.detector_mut().best_window(image)? {
-                Some(face) => Ok(self.five_point.align(image, &face)?),
-                None => self.box_chip(image, Face::covering(image).bbox),
-            },
+        let face = match self.fallback {
+            Fallback::WholeImage => return self.whole_image_chip(image),
+            Fallback::CentreSquare => Some(centre_square_face(image)),
+            Fallback::BestWindow => self.finder.detector_mut().best_window(image)?,
+        };
+        match face.map(|f| self.five_point.align(image, &f)) {
+            Some(Ok(chip)) => Ok(chip),
+            // No window, or landmarks too degenerate to align on: the whole image.
+            None | Some(Err(AlignError::Degenerate)) => self.whole_image_chip(image),
+            Some(Err(e)) => Err(e.into()),
         }
+    }
+
+    fn whole_image_chip(&self, image: &RgbImage) -> Result<RgbImage, StillError> {
+        self.box_chip(image, Face::covering(image).bbox)
     }
 }
 

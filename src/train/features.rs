@@ -1,5 +1,5 @@
-//! Trunk maps of the training images: each image goes through carivis's own detection (largest
-//! face found by the passes, else the fallback chip) and five-point alignment, then the frozen trunk runs on the chip
+//! Trunk maps of the training images: each image goes through carivis's own detection
+//! (largest face found by the passes, else the fallback chip) and five-point alignment, then the frozen trunk runs on the chip
 //! and its mirror image. The job runner ([`crate::jobs`]) runs the workers; maps are cached on
 //! disk, one file per image, keyed by the trunk's checksum, the face settings and the image's
 //! sha256, so only new images cost anything on the next run.
@@ -121,7 +121,8 @@ impl JobCache<ImageMaps> for MapCache {
     }
 }
 
-/// Last byte of a cache file holding the fallback chip's maps.
+/// Last byte of a cache file holding the fallback chip's maps ('W', from when the fallback was
+/// always the whole image, kept so the file format is unchanged).
 const FALLBACK_MARK: u8 = b'W';
 
 /// One worker's models: detector, aligners and trunk.

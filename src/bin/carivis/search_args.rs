@@ -11,8 +11,8 @@ crate::cli_enum! {
     PassesArg => Passes {
         /// The first pass only (facenet-pytorch's MTCNN as it is).
         First,
-        /// The first pass, then padded and rotated retries where it finds no face clear of the
-        /// image border.
+        /// The first pass; a padded retry where it finds no face clear of the image border;
+        /// rotated retries where neither finds any face.
         All,
     }
 }
@@ -57,9 +57,9 @@ pub struct SearchArgs {
     /// --thresholds).
     #[arg(long, value_parser = parse_floats::<3>, default_value = "0.6,0.6,0.5", value_name = "P,R,O")]
     pub retry_thresholds: [f32; 3],
-    /// Rotations of the padded copy tried when padding alone finds nothing (degrees,
-    /// counter-clockwise, comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = RetryConfig::default().angles, allow_negative_numbers = true, value_name = "DEGREES")]
+    /// Rotations of the padded copy tried when neither the first pass nor the padded copy finds
+    /// any face (degrees, counter-clockwise, comma-separated, e.g. -30,30).
+    #[arg(long, value_delimiter = ',', default_values_t = RetryConfig::default().angles, allow_hyphen_values = true, value_name = "DEGREES")]
     pub retry_angles: Vec<i16>,
 }
 
@@ -75,7 +75,7 @@ impl SearchArgs {
         }
     }
 
-    /// The face-search settings of commands that never embed a fallback chip.
+    /// The face-search settings with the default fallback chip.
     pub fn search(&self) -> FaceSearch {
         FaceSearch {
             retry: self.retry(),
