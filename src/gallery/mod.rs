@@ -68,9 +68,17 @@ pub enum GalleryError {
         /// Its checksum.
         current_sha: String,
     },
-    /// Another process is changing the gallery.
-    #[error("gallery {0} is being changed by another process; try again when it has finished")]
-    Busy(PathBuf),
+    /// Another process kept the gallery's lock for longer than the lock timeout.
+    #[error(
+        "gallery {dir} is being changed by another process (waited {waited_s:.0} s for it); \
+         try again when it has finished, or wait longer with --lock-timeout"
+    )]
+    Busy {
+        /// The gallery directory.
+        dir: PathBuf,
+        /// Seconds waited for the lock.
+        waited_s: f64,
+    },
     /// An embedding of the wrong shape.
     #[error("embedding has {got} values in branch {branch}, the gallery stores {expected}")]
     Dimension {
@@ -148,21 +156,11 @@ pub struct Gallery {
 impl Gallery {
     /// Creates an empty gallery in `dir` (created if missing; must be empty) for `model`.
     pub fn create(dir: &Path, model: ModelId) -> Result<Self, GalleryError> {
-        let occupied = dir.is_dir()
-            && std::fs::read_dir(dir)
-                .map_err(|e| GalleryError::io(dir, e))?
-                .next()
-                .is_some();
-        if occupied || dir.is_file() {
-            return Err(GalleryError::AlreadyExists(dir.to_path_buf()));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| GalleryError::io(dir, e))?;
-        let lock = store::lock(dir)?;
         let settings = Settings {
             thresholds: Thresholds::for_checksum(&model.sha256),
             ..Settings::default()
         };
-        let mut manifest = Manifest {
+        let manifest = Manifest {
             format: store::FORMAT_VERSION,
             model,
             settings,
@@ -175,8 +173,36 @@ impl Gallery {
             next_id: 1,
             entries: Vec::new(),
         };
-        store::save(dir, &mut manifest, &[])?;
-        Ok(Self::assemble(dir, manifest, Vec::new(), Some(lock)))
+        Self::create_with(dir, manifest, Vec::new())
+    }
+
+    /// Creates a gallery in `dir` (as [`Gallery::create`]) holding a copy of `source`: its
+    /// model, settings, entries (ids and times included) and embeddings.
+    pub fn create_copy(dir: &Path, source: &Gallery) -> Result<Self, GalleryError> {
+        let manifest = Manifest {
+            generation: 0,
+            ..source.manifest.clone()
+        };
+        Self::create_with(dir, manifest, source.vectors.clone())
+    }
+
+    fn create_with(
+        dir: &Path,
+        mut manifest: Manifest,
+        vectors: Vec<f32>,
+    ) -> Result<Self, GalleryError> {
+        let occupied = dir.is_dir()
+            && std::fs::read_dir(dir)
+                .map_err(|e| GalleryError::io(dir, e))?
+                .next()
+                .is_some();
+        if occupied || dir.is_file() {
+            return Err(GalleryError::AlreadyExists(dir.to_path_buf()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| GalleryError::io(dir, e))?;
+        let lock = store::lock(dir, std::time::Duration::ZERO)?;
+        store::save(dir, &mut manifest, &vectors)?;
+        Ok(Self::assemble(dir, manifest, vectors, Some(lock)))
     }
 
     /// Opens a gallery to read it; refuses one made by a different model than `model`.
@@ -192,12 +218,16 @@ impl Gallery {
         Ok(Self::assemble(dir, manifest, vectors, None))
     }
 
-    /// Opens a gallery to change it, holding its lock until dropped.
-    pub fn open_for_update(dir: &Path) -> Result<Self, GalleryError> {
+    /// Opens a gallery to change it, holding its lock until dropped; waits up to
+    /// `lock_timeout` for another writer to finish.
+    pub fn open_for_update(
+        dir: &Path,
+        lock_timeout: std::time::Duration,
+    ) -> Result<Self, GalleryError> {
         if !dir.join(store::MANIFEST_FILE).is_file() {
             return Err(GalleryError::NotAGallery(dir.to_path_buf()));
         }
-        let lock = store::lock(dir)?;
+        let lock = store::lock(dir, lock_timeout)?;
         let (manifest, vectors) = store::load(dir)?;
         Ok(Self::assemble(dir, manifest, vectors, Some(lock)))
     }
@@ -635,5 +665,32 @@ mod tests {
             Gallery::create(dir.path(), model()),
             Err(GalleryError::AlreadyExists(_))
         ));
+    }
+
+    #[test]
+    fn a_copy_holds_the_same_entries_settings_and_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gallery = Gallery::create(&dir.path().join("g"), model()).unwrap();
+        gallery
+            .add(entry("ann", Modality::Photo), &embedding([1.0, 0.0, 0.0]))
+            .unwrap();
+        gallery
+            .add(
+                entry("bob", Modality::Caricature),
+                &embedding([0.0, 1.0, 0.0]),
+            )
+            .unwrap();
+        gallery.set_thresholds(Thresholds::uniform(0.7));
+        gallery.save().unwrap();
+        let copy = Gallery::create_copy(&dir.path().join("c"), &gallery).unwrap();
+        drop(copy);
+        let copy = Gallery::open(&dir.path().join("c"), &model()).unwrap();
+        assert_eq!(copy.entries(), gallery.entries());
+        assert_eq!(copy.settings(), gallery.settings());
+        let probe = embedding([0.2, 1.0, 0.1]);
+        assert_eq!(
+            copy.identify(&probe, Modality::Photo, None).unwrap(),
+            gallery.identify(&probe, Modality::Photo, None).unwrap()
+        );
     }
 }

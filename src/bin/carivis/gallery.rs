@@ -1,7 +1,8 @@
-//! `carivis gallery ...`: create, add, remove, list, rebuild.
+//! `carivis gallery ...`: create, add, remove, list, rebuild, set-thresholds, copy.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -38,6 +39,8 @@ pub enum GalleryCommand {
         /// The person's name, exactly as listed.
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        writer: WriterArgs,
     },
     /// List people and entries.
     List {
@@ -53,6 +56,8 @@ pub enum GalleryCommand {
         dir: PathBuf,
         #[command(flatten)]
         recognizer: RecognizerArgs,
+        #[command(flatten)]
+        writer: WriterArgs,
     },
     /// Import the per-direction thresholds measured by `carivis eval` (FAR 1%); directions a
     /// report did not measure keep their value; later reports win.
@@ -62,7 +67,38 @@ pub enum GalleryCommand {
         /// Evaluation report(s) (report.json).
         #[arg(long = "from", required = true, value_name = "REPORT.json")]
         from: Vec<PathBuf>,
+        #[command(flatten)]
+        writer: WriterArgs,
     },
+    /// Copy a gallery (entries, embeddings, model, settings) to a new gallery.
+    Copy {
+        /// The gallery to copy.
+        src: PathBuf,
+        /// The new gallery (a new or empty folder).
+        dst: PathBuf,
+    },
+}
+
+/// Options of commands that change a gallery.
+#[derive(Args)]
+pub struct WriterArgs {
+    /// Seconds to wait for another process that is changing the gallery to finish.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    lock_timeout: f64,
+}
+
+impl WriterArgs {
+    fn lock_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.lock_timeout)
+    }
+}
+
+/// A non-negative, finite number of seconds.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds (0 or more)")),
+    }
 }
 
 #[derive(Args)]
@@ -90,6 +126,8 @@ pub struct AddArgs {
     whole_image: bool,
     #[command(flatten)]
     recognizer: RecognizerArgs,
+    #[command(flatten)]
+    writer: WriterArgs,
 }
 
 /// Runs a gallery subcommand.
@@ -101,10 +139,15 @@ pub fn run(command: GalleryCommand) -> Result<ExitCode> {
             runtime,
         } => create(&dir, embedder, &runtime),
         GalleryCommand::Add(args) => add(&args),
-        GalleryCommand::Remove { dir, name } => remove(&dir, &name),
+        GalleryCommand::Remove { dir, name, writer } => remove(&dir, &name, &writer),
         GalleryCommand::List { dir, json } => list(&dir, json),
-        GalleryCommand::Rebuild { dir, recognizer } => rebuild(&dir, &recognizer),
-        GalleryCommand::SetThresholds { dir, from } => set_thresholds(&dir, &from),
+        GalleryCommand::Rebuild {
+            dir,
+            recognizer,
+            writer,
+        } => rebuild(&dir, &recognizer, &writer),
+        GalleryCommand::SetThresholds { dir, from, writer } => set_thresholds(&dir, &from, &writer),
+        GalleryCommand::Copy { src, dst } => copy(&src, &dst),
     }
 }
 
@@ -220,7 +263,7 @@ fn add(args: &AddArgs) -> Result<ExitCode> {
         bail!("the name must not be empty");
     }
     let files = expand_inputs(&args.inputs)?;
-    let mut gallery = Gallery::open_for_update(&args.dir)?;
+    let mut gallery = Gallery::open_for_update(&args.dir, args.writer.lock_timeout())?;
     let mut faces = args.recognizer.still_faces(false)?;
     gallery.check_model(&faces.model_id())?;
     let bar = progress(files.len());
@@ -277,8 +320,8 @@ fn add_entry(
     Ok(())
 }
 
-fn remove(dir: &Path, name: &str) -> Result<ExitCode> {
-    let mut gallery = Gallery::open_for_update(dir)?;
+fn remove(dir: &Path, name: &str, writer: &WriterArgs) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(dir, writer.lock_timeout())?;
     let removed = gallery.remove(name)?;
     gallery.save()?;
     println!(
@@ -330,8 +373,8 @@ fn list(dir: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
-    let mut gallery = Gallery::open_for_update(dir)?;
+fn rebuild(dir: &Path, recognizer: &RecognizerArgs, writer: &WriterArgs) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(dir, writer.lock_timeout())?;
     let mut faces = recognizer.still_faces(false)?;
     let model = faces.model_id();
     let bar = progress(gallery.entries().len());
@@ -375,8 +418,8 @@ fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn set_thresholds(dir: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
-    let mut gallery = Gallery::open_for_update(dir)?;
+fn set_thresholds(dir: &Path, reports: &[PathBuf], writer: &WriterArgs) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(dir, writer.lock_timeout())?;
     let mut thresholds = gallery.settings().thresholds;
     for report in reports {
         let section = read_thresholds(report)?;
@@ -395,5 +438,17 @@ fn set_thresholds(dir: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
     gallery.set_thresholds(thresholds);
     gallery.save()?;
     println!("thresholds of {}: {thresholds:?}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy(src: &Path, dst: &Path) -> Result<ExitCode> {
+    let source = Gallery::open_unchecked(src)?;
+    let copy = Gallery::create_copy(dst, &source)?;
+    println!(
+        "copied {} entries from {} to {}",
+        copy.entries().len(),
+        src.display(),
+        dst.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
