@@ -10,6 +10,7 @@ use carivis::detect::{DetectorConfig, Mtcnn};
 use carivis::embed::{DEFAULT_BATCH, DEFAULT_EMBEDDER, Embedder};
 use carivis::eval::BranchChoice;
 use carivis::eval::protocol::PairFormat;
+use carivis::gallery::Location;
 use carivis::models::default_models_dir;
 use carivis::pipeline::Pacing;
 use carivis::pipeline::still::StillFaces;
@@ -217,6 +218,27 @@ pub fn open_detector(runtime: &Runtime, models: &Path, config: DetectorConfig) -
 /// Opens an embedding model.
 pub fn open_embedder(runtime: &Runtime, path: &Path, batch: usize) -> Result<Embedder> {
     Embedder::open(runtime, path, batch).context("cannot start the embedding model")
+}
+
+/// A gallery argument (folder or `postgres://` URL) as typed. It becomes a [`Location`] when
+/// a command uses it, so that a bad URL's error is ours, with the password hidden, not clap's,
+/// which would echo the value.
+#[derive(Clone)]
+pub struct GalleryArg(String);
+
+impl std::str::FromStr for GalleryArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_string()))
+    }
+}
+
+impl GalleryArg {
+    /// The gallery's folder or database.
+    pub fn location(&self) -> Result<Location> {
+        Ok(Location::parse(&self.0)?)
+    }
 }
 
 /// Parses `N` comma-separated numbers, e.g. `0.6,0.7,0.7` or a box `x1,y1,x2,y2`.
