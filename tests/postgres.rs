@@ -379,7 +379,7 @@ fn a_kill_9_during_add_leaves_no_partial_enrolment() {
         interrupted += usize::from(!child.wait().unwrap().success());
         let crowd = entries(&url).len();
         assert!(
-            crowd % crowd_size == 0,
+            crowd.is_multiple_of(crowd_size),
             "after a kill at {delay_ms} ms: {crowd} entries (partial add)"
         );
     }
