@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{astronaut_chip, repo_file, skip};
+use common::{astronaut_chip, data_dir, repo_file, skip};
 
 /// The test server's password (scram-sha-256 authentication).
 const PASSWORD: &str = "pw-Secret-7";
@@ -468,4 +468,151 @@ fn a_newer_schema_is_refused() {
     let refused = failure(carivis().args(["gallery", "list", &url]));
     assert!(refused.contains("schema version 99"), "{refused}");
     assert!(refused.contains("upgrade carivis"), "{refused}");
+}
+
+/// An annotation of the sample video against `gallery`, running in another process.
+struct Annotation {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Annotation {
+    /// Starts it and waits until it has written 10 frames.
+    fn start(gallery: &str, frames: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = carivis()
+            .args([
+                "annotate",
+                "--gallery",
+                gallery,
+                "--frames",
+                &frames.to_string(),
+            ])
+            .arg("-o")
+            .arg(dir.path().join("out.mp4"))
+            .arg("--jsonl")
+            .arg(dir.path().join("out.jsonl"))
+            .arg(repo_file("samples/obama_weekly_address.mp4"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let annotation = Self { child, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while annotation.lines().lines().count() < 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "annotation did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        annotation
+    }
+
+    /// The JSON Lines written so far.
+    fn lines(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out.partial.jsonl")).unwrap_or_default()
+    }
+
+    /// Seconds from now until a frame labelled `name` is written.
+    fn seconds_until_labelled(&self, name: &str) -> f64 {
+        let since = std::time::Instant::now();
+        let wanted = format!("\"identity\":{}", serde_json::json!(name));
+        while !self.lines().contains(&wanted) {
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "no frame labelled {name} within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        since.elapsed().as_secs_f64()
+    }
+}
+
+/// Enrols Obama from `photo` (the largest face).
+fn enrol_obama(gallery: &str, photo: &std::path::Path) {
+    output(
+        carivis()
+            .args(["gallery", "add", "--largest", gallery, "--name", OBAMA])
+            .args(["--modality", "photo"])
+            .arg(photo),
+    );
+}
+
+/// The person in the sample video.
+const OBAMA: &str = "Barack Obama";
+
+#[test]
+fn a_running_annotation_labels_a_person_enrolled_by_another_process_within_2_s() {
+    let test = "a_running_annotation_labels_a_person_enrolled_by_another_process_within_2_s";
+    let Some(data) = data_dir(test) else {
+        return;
+    };
+    let Some(server) = PgServer::start(test) else {
+        return;
+    };
+    let photo = data.join("faces/face_recognition/examples/obama.jpg");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("g").display().to_string();
+    let url = server.url("follow");
+    for (kind, gallery) in [("folder", &folder), ("database", &url)] {
+        output(carivis().args(["gallery", "create", gallery]));
+        output(&mut add_chip(gallery, "someone else", "photo", 1));
+        let mut annotation = Annotation::start(gallery, 600);
+        assert!(
+            !annotation.lines().contains(OBAMA),
+            "labelled before the enrolment"
+        );
+        enrol_obama(gallery, &photo);
+        let seconds = annotation.seconds_until_labelled(OBAMA);
+        eprintln!("{kind} gallery: labelled {seconds:.2} s after the enrolment ended");
+        assert!(seconds < 2.0, "{kind}: {seconds:.2} s");
+        let _ = annotation.child.kill();
+        let _ = annotation.child.wait();
+    }
+}
+
+#[test]
+fn an_annotation_survives_a_database_outage_and_follows_it_again() {
+    let test = "an_annotation_survives_a_database_outage_and_follows_it_again";
+    let Some(data) = data_dir(test) else {
+        return;
+    };
+    let Some(server) = PgServer::start(test) else {
+        return;
+    };
+    let photo = data.join("faces/face_recognition/examples/obama.jpg");
+    let url = server.url("outage");
+    output(carivis().args(["gallery", "create", &url]));
+    output(&mut add_chip(&url, "someone else", "photo", 1));
+    let annotation = Annotation::start(&url, 300);
+    server.pg_ctl("stop");
+    let before = annotation.lines().lines().count();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = annotation.lines().lines().count();
+    assert!(
+        during > before,
+        "frames went on during the outage: {before} → {during}"
+    );
+    server.pg_ctl("start");
+    enrol_obama(&url, &photo);
+    // Retries back off (0.5, 1, 2, 4 s), so the first after the restart comes within 4 s.
+    let seconds = annotation.seconds_until_labelled(OBAMA);
+    eprintln!("after the restart: labelled {seconds:.2} s after the enrolment ended");
+    let out = annotation.child.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("outages 1"), "{report}");
+    assert!(
+        report.contains("matching goes on with the gallery in memory"),
+        "{report}"
+    );
+    eprintln!(
+        "{}",
+        report
+            .lines()
+            .filter(|l| l.contains("outage"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

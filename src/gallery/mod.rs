@@ -477,6 +477,28 @@ impl Gallery {
         }
     }
 
+    /// The generation this copy was read at (every save bumps it).
+    pub fn generation(&self) -> u64 {
+        self.manifest.generation
+    }
+
+    /// The gallery as saved now when another process has changed it since this copy was
+    /// read (`None` when unchanged); a change to another model is refused like at opening.
+    pub fn reread_if_changed(&self) -> Result<Option<Gallery>, GalleryError> {
+        let (now, location) = match &self.backend {
+            Backend::Folder { dir, .. } => (store::generation(dir)?, Location::Folder(dir.clone())),
+            Backend::Postgres(pg) => {
+                let mut pg = pg.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let url = Location::Postgres(Box::new(pg.url().clone()));
+                (pg.generation()?, url)
+            }
+        };
+        if now == self.manifest.generation {
+            return Ok(None);
+        }
+        Gallery::open(location, self.model()).map(Some)
+    }
+
     /// The model the embeddings come from.
     pub fn model(&self) -> &ModelId {
         &self.manifest.model

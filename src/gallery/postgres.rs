@@ -326,8 +326,12 @@ impl PgStore {
         Ok((store, manifest, vectors))
     }
 
-    /// The gallery's generation now (one query; for followers).
+    /// The gallery's generation now (one query; for followers); reconnects first when the
+    /// connection was lost.
     pub fn generation(&mut self) -> Result<u64, GalleryError> {
+        if self.client.is_closed() {
+            self.client = self.url.connect()?;
+        }
         let row = self
             .client
             .query_one(

@@ -211,6 +211,21 @@ pub fn load(dir: &Path) -> Result<(Manifest, Vec<f32>), GalleryError> {
     Ok((manifest, vectors))
 }
 
+/// The generation `gallery.json` names now (a cheap check for changes by other processes).
+pub fn generation(dir: &Path) -> Result<u64, GalleryError> {
+    #[derive(Deserialize)]
+    struct Head {
+        generation: u64,
+    }
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| GalleryError::io(&path, e))?;
+    let head: Head = serde_json::from_str(&text).map_err(|e| GalleryError::Damaged {
+        file: path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(head.generation)
+}
+
 /// Floats per row: every branch's vector, concatenated.
 pub fn row_len(model: &ModelId) -> usize {
     model.branches.len() * model.dim
