@@ -64,7 +64,7 @@ fn big_bang_theory_identified(data: &Path, mut faces: StillFaces) -> usize {
         "stuart",
     ];
     let dir = tempfile::tempdir().unwrap();
-    let mut gallery = Gallery::create(&dir.path().join("bbt"), faces.model_id()).unwrap();
+    let mut gallery = Gallery::create(dir.path().join("bbt"), faces.model_id()).unwrap();
     for person in people {
         for i in 1..=4 {
             assert!(enrol(
@@ -162,7 +162,7 @@ fn cavi_caricatures_against_enrolled_photos_rank_1_and_5() {
     };
     let mut faces = still_faces(0.0);
     let dir = tempfile::tempdir().unwrap();
-    let mut gallery = Gallery::create(&dir.path().join("cavi"), faces.model_id()).unwrap();
+    let mut gallery = Gallery::create(dir.path().join("cavi"), faces.model_id()).unwrap();
     for person in &people {
         for path in pick(person, Modality::Photo, 5) {
             enrol(&mut gallery, &mut faces, person, Modality::Photo, &path);
@@ -636,7 +636,7 @@ fn thresholds_follow_the_model_checksum_not_its_file_name() {
         branches: vec!["shared".into()],
         dim: 128,
     };
-    let gallery = Gallery::create(&dir.path().join("g-unknown"), unknown).unwrap();
+    let gallery = Gallery::create(dir.path().join("g-unknown"), unknown).unwrap();
     assert_eq!(
         gallery.settings().thresholds,
         Thresholds::default(),

@@ -4,14 +4,17 @@
 
 pub mod index;
 pub mod matching;
+pub mod postgres;
 pub mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use index::Index;
 use matching::{Branch, Candidate, Neighbour, Thresholds, rank_identities};
+use postgres::{PgStore, PgUrl};
 use store::{Entry, Lock, Manifest, ModelId, ModelProblem, Settings};
 
 use crate::types::{Embedding, Modality};
@@ -53,12 +56,12 @@ pub enum GalleryError {
     },
     /// The gallery's embeddings come from a different model than the one in use.
     #[error(
-        "gallery {dir} was made with model {gallery} (sha256 {gallery_sha:.12}…), but the current model is \
-         {current} (sha256 {current_sha:.12}…); run `carivis gallery rebuild {dir}` to re-embed it"
+        "gallery {location} was made with model {gallery} (sha256 {gallery_sha:.12}…), but the current model is \
+         {current} (sha256 {current_sha:.12}…); run `carivis gallery rebuild {location}` to re-embed it"
     )]
     ModelMismatch {
-        /// The gallery directory.
-        dir: PathBuf,
+        /// The gallery's folder or URL (password hidden).
+        location: String,
         /// The gallery's model file name.
         gallery: String,
         /// Its checksum.
@@ -68,9 +71,17 @@ pub enum GalleryError {
         /// Its checksum.
         current_sha: String,
     },
-    /// Another process is changing the gallery.
-    #[error("gallery {0} is being changed by another process; try again when it has finished")]
-    Busy(PathBuf),
+    /// Another process kept the gallery's lock for longer than the lock timeout.
+    #[error(
+        "gallery {dir} is being changed by another process (waited {waited_s:.0} s for it); \
+         try again when it has finished, or wait longer with --lock-timeout"
+    )]
+    Busy {
+        /// The gallery directory.
+        dir: PathBuf,
+        /// Seconds waited for the lock.
+        waited_s: f64,
+    },
     /// An embedding of the wrong shape.
     #[error("embedding has {got} values in branch {branch}, the gallery stores {expected}")]
     Dimension {
@@ -84,6 +95,164 @@ pub enum GalleryError {
     /// `remove` of a name the gallery does not hold.
     #[error("no entries named {0:?} in the gallery")]
     UnknownName(String),
+    /// A `postgres://` URL that cannot be used.
+    #[error("bad gallery URL {url}: {reason}")]
+    BadUrl {
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No connection to the database server.
+    #[error("cannot reach the database server at {server} (gallery {url}): {reason}")]
+    PgUnreachable {
+        /// `host:port` or `socket-folder:port`.
+        server: String,
+        /// The URL, password hidden.
+        url: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The server refused the user or password.
+    #[error("the database refused the login of gallery {url}: {reason}")]
+    PgAuth {
+        /// The URL, password hidden.
+        url: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// The database cannot load pgvector.
+    #[error(
+        "the database of gallery {url} has no pgvector extension (`vector`): {reason}; \
+         install pgvector on the server (see README, \"Many machines\")"
+    )]
+    PgNoVector {
+        /// The URL, password hidden.
+        url: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// The database holds a newer carivis schema than this build knows.
+    #[error(
+        "the database of gallery {url} has carivis schema version {found}, newer than this \
+         carivis knows ({}); upgrade carivis",
+        postgres::SCHEMA_VERSION
+    )]
+    PgSchemaTooNew {
+        /// The URL, password hidden.
+        url: String,
+        /// The schema version found.
+        found: i32,
+    },
+    /// No gallery of that name in the database.
+    #[error("no carivis gallery at {url}; create one with `carivis gallery create`")]
+    PgNoGallery {
+        /// The URL, password hidden.
+        url: String,
+    },
+    /// `create` of a gallery name the database already holds.
+    #[error("gallery {url} already exists; choose another ?gallery= name")]
+    PgExists {
+        /// The URL, password hidden.
+        url: String,
+    },
+    /// Rows of a database gallery fail their checks.
+    #[error("gallery {url} is damaged: {reason}")]
+    PgDamaged {
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A model whose embeddings do not fit the `vector(128)` columns.
+    #[error(
+        "gallery {url}: the database stores {}-d embeddings, the model makes {dim}-d ones",
+        postgres::VECTOR_DIM
+    )]
+    PgDimension {
+        /// The URL, password hidden.
+        url: String,
+        /// The model's dimension.
+        dim: usize,
+    },
+    /// Any other database error.
+    #[error("database error on gallery {url}: {reason}")]
+    Pg {
+        /// The URL, password hidden.
+        url: String,
+        /// The server's or client's message.
+        reason: String,
+    },
+}
+
+/// Where a gallery lives: a folder, or a database named by a `postgres://` URL.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// A gallery folder.
+    Folder(PathBuf),
+    /// A gallery in PostgreSQL.
+    Postgres(Box<PgUrl>),
+}
+
+impl Location {
+    /// A `postgres://` or `postgresql://` URL, otherwise a folder.
+    pub fn parse(text: &str) -> Result<Self, GalleryError> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Ok(Location::Postgres(Box::new(PgUrl::parse(text)?)))
+        } else {
+            Ok(Location::Folder(PathBuf::from(text)))
+        }
+    }
+}
+
+impl std::str::FromStr for Location {
+    type Err = GalleryError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Location::parse(text)
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The folder, or the URL with its password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Folder(dir) => write!(f, "{}", dir.display()),
+            Location::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(dir: &Path) -> Self {
+        Location::Folder(dir.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(dir: &PathBuf) -> Self {
+        Location::Folder(dir.clone())
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(dir: PathBuf) -> Self {
+        Location::Folder(dir)
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(location: &Location) -> Self {
+        location.clone()
+    }
+}
+
+/// Where an open gallery's data goes.
+enum Backend {
+    /// A folder, with its lock while a writer has it open.
+    Folder { dir: PathBuf, _lock: Option<Lock> },
+    /// A database connection (behind a mutex: a client is not shared between threads).
+    Postgres(Box<Mutex<PgStore>>),
 }
 
 impl GalleryError {
@@ -138,31 +307,21 @@ struct ModalityIndex {
 
 /// An open gallery.
 pub struct Gallery {
-    dir: PathBuf,
+    backend: Backend,
     manifest: Manifest,
     vectors: Vec<f32>,
     indexes: HashMap<(Branch, Modality), OnceLock<ModalityIndex>>,
-    _lock: Option<Lock>,
 }
 
 impl Gallery {
-    /// Creates an empty gallery in `dir` (created if missing; must be empty) for `model`.
-    pub fn create(dir: &Path, model: ModelId) -> Result<Self, GalleryError> {
-        let occupied = dir.is_dir()
-            && std::fs::read_dir(dir)
-                .map_err(|e| GalleryError::io(dir, e))?
-                .next()
-                .is_some();
-        if occupied || dir.is_file() {
-            return Err(GalleryError::AlreadyExists(dir.to_path_buf()));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| GalleryError::io(dir, e))?;
-        let lock = store::lock(dir)?;
+    /// Creates an empty gallery for `model`: in a folder (created if missing; must be empty)
+    /// or a database (schema created when missing; the gallery name must be new).
+    pub fn create(location: impl Into<Location>, model: ModelId) -> Result<Self, GalleryError> {
         let settings = Settings {
             thresholds: Thresholds::for_checksum(&model.sha256),
             ..Settings::default()
         };
-        let mut manifest = Manifest {
+        let manifest = Manifest {
             format: store::FORMAT_VERSION,
             model,
             settings,
@@ -175,40 +334,108 @@ impl Gallery {
             next_id: 1,
             entries: Vec::new(),
         };
-        store::save(dir, &mut manifest, &[])?;
-        Ok(Self::assemble(dir, manifest, Vec::new(), Some(lock)))
+        Self::create_with(location.into(), manifest, Vec::new())
+    }
+
+    /// Creates a gallery (as [`Gallery::create`]) holding a copy of `source`: its model,
+    /// settings, entries (ids and times included) and embeddings.
+    pub fn create_copy(
+        location: impl Into<Location>,
+        source: &Gallery,
+    ) -> Result<Self, GalleryError> {
+        let manifest = Manifest {
+            generation: 0,
+            ..source.manifest.clone()
+        };
+        Self::create_with(location.into(), manifest, source.vectors.clone())
+    }
+
+    fn create_with(
+        location: Location,
+        mut manifest: Manifest,
+        vectors: Vec<f32>,
+    ) -> Result<Self, GalleryError> {
+        let backend = match location {
+            Location::Folder(dir) => {
+                let lock = create_folder(&dir)?;
+                store::save(&dir, &mut manifest, &vectors)?;
+                Backend::Folder {
+                    dir,
+                    _lock: Some(lock),
+                }
+            }
+            Location::Postgres(url) => {
+                let mut pg = PgStore::create(&url, &manifest)?;
+                pg.save(&mut manifest, &vectors)?;
+                Backend::Postgres(Box::new(Mutex::new(pg)))
+            }
+        };
+        Ok(Self::assemble(backend, manifest, vectors))
     }
 
     /// Opens a gallery to read it; refuses one made by a different model than `model`.
-    pub fn open(dir: &Path, model: &ModelId) -> Result<Self, GalleryError> {
-        let gallery = Self::open_unchecked(dir)?;
+    pub fn open(location: impl Into<Location>, model: &ModelId) -> Result<Self, GalleryError> {
+        let gallery = Self::open_unchecked(location)?;
         gallery.check_model(model)?;
         Ok(gallery)
     }
 
     /// Opens a gallery without checking its model (listing, removing, rebuilding).
-    pub fn open_unchecked(dir: &Path) -> Result<Self, GalleryError> {
-        let (manifest, vectors) = store::load(dir)?;
-        Ok(Self::assemble(dir, manifest, vectors, None))
-    }
-
-    /// Opens a gallery to change it, holding its lock until dropped.
-    pub fn open_for_update(dir: &Path) -> Result<Self, GalleryError> {
-        if !dir.join(store::MANIFEST_FILE).is_file() {
-            return Err(GalleryError::NotAGallery(dir.to_path_buf()));
+    pub fn open_unchecked(location: impl Into<Location>) -> Result<Self, GalleryError> {
+        match location.into() {
+            Location::Folder(dir) => {
+                let (manifest, vectors) = store::load(&dir)?;
+                let backend = Backend::Folder { dir, _lock: None };
+                Ok(Self::assemble(backend, manifest, vectors))
+            }
+            Location::Postgres(url) => {
+                let (pg, manifest, vectors) = PgStore::open(&url, None)?;
+                Ok(Self::assemble(
+                    Backend::Postgres(Box::new(Mutex::new(pg))),
+                    manifest,
+                    vectors,
+                ))
+            }
         }
-        let lock = store::lock(dir)?;
-        let (manifest, vectors) = store::load(dir)?;
-        Ok(Self::assemble(dir, manifest, vectors, Some(lock)))
     }
 
-    fn assemble(dir: &Path, manifest: Manifest, vectors: Vec<f32>, lock: Option<Lock>) -> Self {
+    /// Opens a gallery to change it, as the only writer until dropped or saved: a folder's
+    /// lock, or a database transaction holding the gallery's row; waits up to
+    /// `lock_timeout` for another writer to finish.
+    pub fn open_for_update(
+        location: impl Into<Location>,
+        lock_timeout: Duration,
+    ) -> Result<Self, GalleryError> {
+        match location.into() {
+            Location::Folder(dir) => {
+                if !dir.join(store::MANIFEST_FILE).is_file() {
+                    return Err(GalleryError::NotAGallery(dir));
+                }
+                let lock = store::lock(&dir, lock_timeout)?;
+                let (manifest, vectors) = store::load(&dir)?;
+                let backend = Backend::Folder {
+                    dir,
+                    _lock: Some(lock),
+                };
+                Ok(Self::assemble(backend, manifest, vectors))
+            }
+            Location::Postgres(url) => {
+                let (pg, manifest, vectors) = PgStore::open(&url, Some(lock_timeout))?;
+                Ok(Self::assemble(
+                    Backend::Postgres(Box::new(Mutex::new(pg))),
+                    manifest,
+                    vectors,
+                ))
+            }
+        }
+    }
+
+    fn assemble(backend: Backend, manifest: Manifest, vectors: Vec<f32>) -> Self {
         let mut gallery = Self {
-            dir: dir.to_path_buf(),
+            backend,
             manifest,
             vectors,
             indexes: HashMap::new(),
-            _lock: lock,
         };
         gallery.reset_indexes();
         gallery
@@ -230,7 +457,7 @@ impl Gallery {
             return Ok(());
         }
         Err(GalleryError::ModelMismatch {
-            dir: self.dir.clone(),
+            location: self.location(),
             gallery: mine.file.clone(),
             gallery_sha: mine.sha256.clone(),
             current: model.file.clone(),
@@ -238,9 +465,38 @@ impl Gallery {
         })
     }
 
-    /// The gallery directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The gallery's folder, or its URL with the password hidden.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Folder { dir, .. } => dir.display().to_string(),
+            Backend::Postgres(pg) => pg
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .url()
+                .to_string(),
+        }
+    }
+
+    /// The generation this copy was read at (every save bumps it).
+    pub fn generation(&self) -> u64 {
+        self.manifest.generation
+    }
+
+    /// The gallery as saved now when another process has changed it since this copy was
+    /// read (`None` when unchanged); a change to another model is refused like at opening.
+    pub fn reread_if_changed(&self) -> Result<Option<Gallery>, GalleryError> {
+        let (now, location) = match &self.backend {
+            Backend::Folder { dir, .. } => (store::generation(dir)?, Location::Folder(dir.clone())),
+            Backend::Postgres(pg) => {
+                let mut pg = pg.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let url = Location::Postgres(Box::new(pg.url().clone()));
+                (pg.generation()?, url)
+            }
+        };
+        if now == self.manifest.generation {
+            return Ok(None);
+        }
+        Gallery::open(location, self.model()).map(Some)
     }
 
     /// The model the embeddings come from.
@@ -378,9 +634,15 @@ impl Gallery {
         Ok(())
     }
 
-    /// Writes the gallery (new files, atomically switched in).
+    /// Writes the gallery: new files, atomically switched in, or one committed transaction.
     pub fn save(&mut self) -> Result<(), GalleryError> {
-        store::save(&self.dir, &mut self.manifest, &self.vectors)
+        match &mut self.backend {
+            Backend::Folder { dir, .. } => store::save(dir, &mut self.manifest, &self.vectors),
+            Backend::Postgres(pg) => pg
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .save(&mut self.manifest, &self.vectors),
+        }
     }
 
     fn modality_index(&self, branch: Branch, modality: Modality) -> &ModalityIndex {
@@ -473,6 +735,20 @@ impl Gallery {
         );
         Ok(decide(candidates))
     }
+}
+
+/// Makes a new gallery folder (refusing one that holds anything) and takes its lock.
+fn create_folder(dir: &Path) -> Result<Lock, GalleryError> {
+    let occupied = dir.is_dir()
+        && std::fs::read_dir(dir)
+            .map_err(|e| GalleryError::io(dir, e))?
+            .next()
+            .is_some();
+    if occupied || dir.is_file() {
+        return Err(GalleryError::AlreadyExists(dir.to_path_buf()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| GalleryError::io(dir, e))?;
+    store::lock(dir, Duration::ZERO)
 }
 
 /// The identity is the best candidate when it reaches its threshold; otherwise unknown.
@@ -572,7 +848,7 @@ mod tests {
     #[test]
     fn removing_a_name_drops_its_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let mut gallery = Gallery::create(&dir.path().join("g"), model()).unwrap();
+        let mut gallery = Gallery::create(dir.path().join("g"), model()).unwrap();
         gallery
             .add(entry("ann", Modality::Photo), &embedding([1.0, 0.0, 0.0]))
             .unwrap();
@@ -614,7 +890,7 @@ mod tests {
     #[test]
     fn a_wrong_dimension_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut gallery = Gallery::create(&dir.path().join("g"), model()).unwrap();
+        let mut gallery = Gallery::create(dir.path().join("g"), model()).unwrap();
         let bad = Embedding {
             shared: vec![1.0, 0.0],
             photo: None,
@@ -635,5 +911,32 @@ mod tests {
             Gallery::create(dir.path(), model()),
             Err(GalleryError::AlreadyExists(_))
         ));
+    }
+
+    #[test]
+    fn a_copy_holds_the_same_entries_settings_and_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gallery = Gallery::create(dir.path().join("g"), model()).unwrap();
+        gallery
+            .add(entry("ann", Modality::Photo), &embedding([1.0, 0.0, 0.0]))
+            .unwrap();
+        gallery
+            .add(
+                entry("bob", Modality::Caricature),
+                &embedding([0.0, 1.0, 0.0]),
+            )
+            .unwrap();
+        gallery.set_thresholds(Thresholds::uniform(0.7));
+        gallery.save().unwrap();
+        let copy = Gallery::create_copy(dir.path().join("c"), &gallery).unwrap();
+        drop(copy);
+        let copy = Gallery::open(dir.path().join("c"), &model()).unwrap();
+        assert_eq!(copy.entries(), gallery.entries());
+        assert_eq!(copy.settings(), gallery.settings());
+        let probe = embedding([0.2, 1.0, 0.1]);
+        assert_eq!(
+            copy.identify(&probe, Modality::Photo, None).unwrap(),
+            gallery.identify(&probe, Modality::Photo, None).unwrap()
+        );
     }
 }

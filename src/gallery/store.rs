@@ -211,6 +211,21 @@ pub fn load(dir: &Path) -> Result<(Manifest, Vec<f32>), GalleryError> {
     Ok((manifest, vectors))
 }
 
+/// The generation `gallery.json` names now (a cheap check for changes by other processes).
+pub fn generation(dir: &Path) -> Result<u64, GalleryError> {
+    #[derive(Deserialize)]
+    struct Head {
+        generation: u64,
+    }
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| GalleryError::io(&path, e))?;
+    let head: Head = serde_json::from_str(&text).map_err(|e| GalleryError::Damaged {
+        file: path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(head.generation)
+}
+
 /// Floats per row: every branch's vector, concatenated.
 pub fn row_len(model: &ModelId) -> usize {
     model.branches.len() * model.dim
@@ -309,8 +324,12 @@ pub struct Lock {
     _file: File,
 }
 
-/// Takes the gallery's lock, failing at once if another process holds it.
-pub fn lock(dir: &Path) -> Result<Lock, GalleryError> {
+/// How often a waiting writer retries the lock.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Takes the gallery's lock, waiting up to `timeout` (with a warning when it has to wait)
+/// while another process holds it.
+pub fn lock(dir: &Path, timeout: std::time::Duration) -> Result<Lock, GalleryError> {
     let path = dir.join(LOCK_FILE);
     let file = File::options()
         .create(true)
@@ -318,10 +337,30 @@ pub fn lock(dir: &Path) -> Result<Lock, GalleryError> {
         .write(true)
         .open(&path)
         .map_err(|e| GalleryError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Lock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(GalleryError::Busy(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(GalleryError::io(&path, e)),
+    let deadline = std::time::Instant::now() + timeout;
+    let mut warned = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Lock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!(
+                        "gallery {} is being changed by another process; waiting up to {:.0} s for it",
+                        dir.display(),
+                        timeout.as_secs_f64()
+                    );
+                    warned = true;
+                }
+                std::thread::sleep(LOCK_POLL);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(GalleryError::Busy {
+                    dir: dir.to_path_buf(),
+                    waited_s: timeout.as_secs_f64(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(GalleryError::io(&path, e)),
+        }
     }
 }
 
@@ -413,5 +452,27 @@ mod tests {
             .replace("CONNECTIONS", "300");
         let err = load_json(&json).unwrap_err();
         assert!(err.to_string().contains("max_connections 300"), "{err}");
+    }
+
+    #[test]
+    fn a_writer_waits_for_the_lock_and_gives_up_after_its_timeout() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock(dir.path(), Duration::ZERO).unwrap();
+        let started = Instant::now();
+        let err = lock(dir.path(), Duration::from_millis(300)).err().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(matches!(err, GalleryError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("--lock-timeout"), "{err}");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        lock(dir.path(), Duration::from_secs(10)).unwrap();
+        let waited = started.elapsed();
+        release.join().unwrap();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
     }
 }

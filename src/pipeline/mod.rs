@@ -156,6 +156,69 @@ struct Counters {
     captured: AtomicU64,
     dropped: AtomicU64,
     stage_errors: AtomicU64,
+    gallery_reloads: AtomicU64,
+    gallery_outages: AtomicU64,
+}
+
+/// How often a running pipeline asks the gallery's store whether another process changed it.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest wait between retries while the gallery's store does not answer.
+pub const FOLLOW_MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// The gallery matching uses, replaced whole when another process changes it.
+type SharedGallery = std::sync::RwLock<Arc<Gallery>>;
+
+/// Keeps `shared` up to date with its store until the run halts: polls every
+/// [`FOLLOW_INTERVAL`]; while the store does not answer, matching goes on with the copy in
+/// memory, the outage is counted and logged once, and retries back off up to
+/// [`FOLLOW_MAX_BACKOFF`].
+fn follow_stage(shared: &SharedGallery, halt: &Halt, counters: &Counters) {
+    let mut wait = FOLLOW_INTERVAL;
+    let mut out = false;
+    while sleep_unless_halted(wait, halt) {
+        let current = Arc::clone(&shared.read().unwrap_or_else(|p| p.into_inner()));
+        match current.reread_if_changed() {
+            Ok(changed) => {
+                if out {
+                    tracing::info!("gallery {} answers again", current.location());
+                    out = false;
+                }
+                wait = FOLLOW_INTERVAL;
+                if let Some(gallery) = changed {
+                    gallery.build_indexes();
+                    tracing::info!(
+                        "gallery {} changed: now {} entries (generation {})",
+                        gallery.location(),
+                        gallery.entries().len(),
+                        gallery.generation()
+                    );
+                    *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gallery);
+                    counters.gallery_reloads.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Err(e) => {
+                if !out {
+                    counters.gallery_outages.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!("{e}; matching goes on with the gallery in memory");
+                    out = true;
+                }
+                wait = (wait * 2).min(FOLLOW_MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Sleeps `wait` in short steps; false as soon as the run halts.
+fn sleep_unless_halted(wait: Duration, halt: &Halt) -> bool {
+    let step = Duration::from_millis(50);
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        if halt.is_set() {
+            return false;
+        }
+        std::thread::sleep(step.min(until.saturating_duration_since(Instant::now())));
+    }
+    !halt.is_set()
 }
 
 /// Opens every source (on its own capture thread, where camera handles must live), runs the
@@ -188,6 +251,7 @@ pub fn run(
         mut embedder,
         gallery,
     } = stages;
+    let shared = gallery.map(|g| SharedGallery::new(Arc::new(g)));
     let started = Instant::now();
     let halt = Halt {
         caller: stop,
@@ -213,7 +277,8 @@ pub fn run(
         let infos = collect_opened(&open_rx, sources.len(), halt)?;
         on_open(&infos);
         let counters = &counters;
-        let gallery = gallery.as_ref();
+        let gallery = shared.as_ref();
+        let follow = gallery.map(|g| scope.spawn(move || follow_stage(g, halt, counters)));
         // Each stage owns its receiver and sender, so a finished stage closes its output and
         // the next one drains and ends.
         let detect = scope.spawn(move || {
@@ -246,12 +311,15 @@ pub fn run(
         let detect = detect.join().expect("detect thread");
         let embed = embed.join().expect("embed thread");
         let annotate = annotate.join().expect("annotate thread");
+        if let Some(follow) = follow {
+            follow.join().expect("gallery follower thread");
+        }
         let (sinked, latency, sink_time) = sink_result?;
         sink.finish()?;
         if let Some(error) = capture_errors.into_iter().next() {
             tracing::warn!("{error}");
         }
-        Ok(RunReport::new(
+        let mut report = RunReport::new(
             config.pacing,
             started.elapsed(),
             counters.captured.load(Ordering::SeqCst),
@@ -270,7 +338,10 @@ pub fn run(
                 embed.1.stats("queue: detect→embed"),
                 annotate.1.stats("queue: embed→match"),
             ],
-        ))
+        );
+        report.gallery_reloads = counters.gallery_reloads.load(Ordering::SeqCst);
+        report.gallery_outages = counters.gallery_outages.load(Ordering::SeqCst);
+        Ok(report)
     })
 }
 
@@ -490,7 +561,7 @@ fn embed_stage(
 }
 
 fn annotate_stage(
-    gallery: Option<&Gallery>,
+    gallery: Option<&SharedGallery>,
     config: &PipelineConfig,
     rx: Receiver<Embedded>,
     tx: Sender<AnnotatedFrame>,
@@ -503,7 +574,8 @@ fn annotate_stage(
         occupancy.push(rx.len() as f64);
         let Ok(embedded) = rx.recv() else { break };
         let timer = Timer::start();
-        let observations = observe(gallery, config, &embedded, counters);
+        let current = gallery.map(|g| Arc::clone(&g.read().unwrap_or_else(|p| p.into_inner())));
+        let observations = observe(current.as_deref(), config, &embedded, counters);
         let tracker = trackers
             .entry(embedded.frame.source)
             .or_insert_with(|| Tracker::new(config.tracker));

@@ -113,6 +113,11 @@ pub struct RunReport {
     pub frames_dropped: u64,
     /// Frames where a stage failed (the frame went on without faces).
     pub stage_errors: u64,
+    /// Times the gallery was read again because another process changed it.
+    pub gallery_reloads: u64,
+    /// Times the gallery's store stopped answering (recognition went on with the copy in
+    /// memory until it answered again).
+    pub gallery_outages: u64,
     /// Frames out per second of wall-clock time.
     pub fps: f64,
     /// Time per stage (ms).
@@ -145,6 +150,8 @@ impl RunReport {
             frames_out,
             frames_dropped,
             stage_errors,
+            gallery_reloads: 0,
+            gallery_outages: 0,
             fps: if seconds > 0.0 {
                 frames_out as f64 / seconds
             } else {
@@ -159,14 +166,17 @@ impl RunReport {
     /// A readable multi-line summary.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:?}: {} frames in {:.1} s = {:.1} fps; captured {}, dropped {}, stage errors {}\n",
+            "{:?}: {} frames in {:.1} s = {:.1} fps; captured {}, dropped {}, stage errors {}; \
+             gallery reloads {}, outages {}\n",
             self.pacing,
             self.frames_out,
             self.seconds,
             self.fps,
             self.frames_captured,
             self.frames_dropped,
-            self.stage_errors
+            self.stage_errors,
+            self.gallery_reloads,
+            self.gallery_outages
         );
         out.push_str(&format!(
             "{:<28} {:>7} {:>9} {:>9} {:>9}\n",

@@ -80,6 +80,8 @@ impl Sink for JsonlSink {
         let text = serde_json::to_string(&line).map_err(|e| self.error(e))?;
         let out = self.out.as_mut().expect("not finished");
         writeln!(out, "{text}").map_err(|e| SinkError::write(&self.path, e))?;
+        // Whole lines at once, so that a reader following the file sees every frame now.
+        out.flush().map_err(|e| self.error(e))?;
         Ok(Control::Continue)
     }
 

@@ -12,6 +12,7 @@ use carivis::detect::{DetectorConfig, FaceFinder, Mtcnn, RetryConfig};
 use carivis::embed::{DEFAULT_BATCH, DEFAULT_EMBEDDER, Embedder};
 use carivis::eval::BranchChoice;
 use carivis::eval::protocol::PairFormat;
+use carivis::gallery::Location;
 use carivis::models::default_models_dir;
 use carivis::pipeline::Pacing;
 use carivis::pipeline::still::{FaceSearch, StillFaces};
@@ -231,4 +232,25 @@ pub fn open_finder(
 /// Opens an embedding model.
 pub fn open_embedder(runtime: &Runtime, path: &Path, batch: usize) -> Result<Embedder> {
     Embedder::open(runtime, path, batch).context("cannot start the embedding model")
+}
+
+/// A gallery argument (folder or `postgres://` URL) as typed. It becomes a [`Location`] when
+/// a command uses it, so that a bad URL's error is ours, with the password hidden, not clap's,
+/// which would echo the value.
+#[derive(Clone)]
+pub struct GalleryArg(String);
+
+impl std::str::FromStr for GalleryArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_string()))
+    }
+}
+
+impl GalleryArg {
+    /// The gallery's folder or database.
+    pub fn location(&self) -> Result<Location> {
+        Ok(Location::parse(&self.0)?)
+    }
 }

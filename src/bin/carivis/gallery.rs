@@ -1,29 +1,32 @@
-//! `carivis gallery ...`: create, add, remove, list, rebuild.
+//! `carivis gallery ...`: create, add, remove, list, rebuild, set-thresholds, copy.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{ModalityArg, RecognizerArgs, RuntimeArgs, open_embedder};
+use crate::args::{GalleryArg, ModalityArg, RecognizerArgs, RuntimeArgs, open_embedder};
 use crate::search_args::{SearchArgs, parse_floats};
 use carivis::capture::{IMAGE_EXTENSIONS, images_in, load_image};
 use carivis::embed::DEFAULT_EMBEDDER;
 use carivis::eval::{apply_thresholds, read_thresholds};
 use carivis::files::file_sha256;
 use carivis::gallery::store::Enrolment;
-use carivis::gallery::{Gallery, NewEntry};
+use carivis::gallery::{Gallery, Location, NewEntry};
 use carivis::pipeline::still::{FaceSearch, StillFaces, model_id};
 use carivis::types::{Embedding, Face, FaceBox, Modality};
 
 #[derive(Subcommand)]
 pub enum GalleryCommand {
-    /// Create an empty gallery in DIR (a new or empty folder) for the embedding model.
+    /// Create an empty gallery for the embedding model: a new or empty folder, or a new
+    /// gallery name in a PostgreSQL database with pgvector (the schema is made when missing).
     Create {
-        /// The gallery folder.
-        dir: PathBuf,
+        /// The gallery: a folder, or postgres://USER@HOST/DB?gallery=NAME.
+        #[arg(value_name = "DIR|URL")]
+        gallery: GalleryArg,
         /// Embedding model [default: MODELS/carivis_mtl.onnx].
         #[arg(long, value_name = "FILE")]
         embedder: Option<PathBuf>,
@@ -34,42 +37,84 @@ pub enum GalleryCommand {
     Add(AddArgs),
     /// Remove every entry of a person.
     Remove {
-        /// The gallery folder.
-        dir: PathBuf,
+        /// The gallery: a folder, or postgres://USER@HOST/DB?gallery=NAME.
+        #[arg(value_name = "DIR|URL")]
+        gallery: GalleryArg,
         /// The person's name, exactly as listed.
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        writer: WriterArgs,
     },
     /// List people and entries.
     List {
-        /// The gallery folder.
-        dir: PathBuf,
+        /// The gallery: a folder, or postgres://USER@HOST/DB?gallery=NAME.
+        #[arg(value_name = "DIR|URL")]
+        gallery: GalleryArg,
         /// One JSON object with every entry instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Re-embed every entry with the current embedding model (after the model changed).
     Rebuild {
-        /// The gallery folder.
-        dir: PathBuf,
+        /// The gallery: a folder, or postgres://USER@HOST/DB?gallery=NAME.
+        #[arg(value_name = "DIR|URL")]
+        gallery: GalleryArg,
         #[command(flatten)]
         recognizer: RecognizerArgs,
+        #[command(flatten)]
+        writer: WriterArgs,
     },
     /// Import the per-direction thresholds measured by `carivis eval` (FAR 1%); directions a
     /// report did not measure keep their value; later reports win.
     SetThresholds {
-        /// The gallery folder.
-        dir: PathBuf,
+        /// The gallery: a folder, or postgres://USER@HOST/DB?gallery=NAME.
+        #[arg(value_name = "DIR|URL")]
+        gallery: GalleryArg,
         /// Evaluation report(s) (report.json).
         #[arg(long = "from", required = true, value_name = "REPORT.json")]
         from: Vec<PathBuf>,
+        #[command(flatten)]
+        writer: WriterArgs,
     },
+    /// Copy a gallery (entries, embeddings, model, settings) to a new gallery.
+    Copy {
+        /// The gallery to copy (folder or URL).
+        #[arg(value_name = "SRC")]
+        src: GalleryArg,
+        /// The new gallery: a new or empty folder, or a new gallery name in a database.
+        #[arg(value_name = "DST")]
+        dst: GalleryArg,
+    },
+}
+
+/// Options of commands that change a gallery.
+#[derive(Args)]
+pub struct WriterArgs {
+    /// Seconds to wait for another process that is changing the gallery to finish.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    lock_timeout: f64,
+}
+
+impl WriterArgs {
+    fn lock_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.lock_timeout)
+    }
+}
+
+/// A non-negative, finite number of seconds.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds (0 or more)")),
+    }
 }
 
 #[derive(Args)]
 pub struct AddArgs {
-    /// The gallery folder.
-    dir: PathBuf,
+    /// The gallery: a folder, or postgres://USER@HOST/DB?gallery=NAME.
+    #[arg(value_name = "DIR|URL")]
+    gallery: GalleryArg,
     /// Display name of the person (any text; stored as is, never used as a file name).
     #[arg(long)]
     name: String,
@@ -92,6 +137,8 @@ pub struct AddArgs {
     #[command(flatten)]
     recognizer: RecognizerArgs,
     #[command(flatten)]
+    writer: WriterArgs,
+    #[command(flatten)]
     search: SearchArgs,
 }
 
@@ -99,15 +146,28 @@ pub struct AddArgs {
 pub fn run(command: GalleryCommand) -> Result<ExitCode> {
     match command {
         GalleryCommand::Create {
-            dir,
+            gallery,
             embedder,
             runtime,
-        } => create(&dir, embedder, &runtime),
+        } => create(&gallery.location()?, embedder, &runtime),
         GalleryCommand::Add(args) => add(&args),
-        GalleryCommand::Remove { dir, name } => remove(&dir, &name),
-        GalleryCommand::List { dir, json } => list(&dir, json),
-        GalleryCommand::Rebuild { dir, recognizer } => rebuild(&dir, &recognizer),
-        GalleryCommand::SetThresholds { dir, from } => set_thresholds(&dir, &from),
+        GalleryCommand::Remove {
+            gallery,
+            name,
+            writer,
+        } => remove(&gallery.location()?, &name, &writer),
+        GalleryCommand::List { gallery, json } => list(&gallery.location()?, json),
+        GalleryCommand::Rebuild {
+            gallery,
+            recognizer,
+            writer,
+        } => rebuild(&gallery.location()?, &recognizer, &writer),
+        GalleryCommand::SetThresholds {
+            gallery,
+            from,
+            writer,
+        } => set_thresholds(&gallery.location()?, &from, &writer),
+        GalleryCommand::Copy { src, dst } => copy(&src.location()?, &dst.location()?),
     }
 }
 
@@ -116,14 +176,17 @@ pub fn shown(name: &str) -> String {
     name.escape_debug().to_string()
 }
 
-fn create(dir: &Path, embedder: Option<PathBuf>, runtime: &RuntimeArgs) -> Result<ExitCode> {
+fn create(
+    gallery: &Location,
+    embedder: Option<PathBuf>,
+    runtime: &RuntimeArgs,
+) -> Result<ExitCode> {
     let path = embedder.unwrap_or_else(|| runtime.models_dir().join(DEFAULT_EMBEDDER));
     let embedder = open_embedder(&runtime.runtime()?, &path, 1)?;
     let model = model_id(&embedder);
-    Gallery::create(dir, model.clone())?;
+    Gallery::create(gallery, model.clone())?;
     println!(
-        "created gallery {} for model {} ({}-d, branches: {})",
-        dir.display(),
+        "created gallery {gallery} for model {} ({}-d, branches: {})",
         model.file,
         model.dim,
         model.branches.join(", ")
@@ -223,7 +286,8 @@ fn add(args: &AddArgs) -> Result<ExitCode> {
         bail!("the name must not be empty");
     }
     let files = expand_inputs(&args.inputs)?;
-    let mut gallery = Gallery::open_for_update(&args.dir)?;
+    let mut gallery =
+        Gallery::open_for_update(&args.gallery.location()?, args.writer.lock_timeout())?;
     let mut faces = args.recognizer.still_faces(args.search.search(), false)?;
     gallery.check_model(&faces.model_id())?;
     let bar = progress(files.len());
@@ -280,8 +344,8 @@ fn add_entry(
     Ok(())
 }
 
-fn remove(dir: &Path, name: &str) -> Result<ExitCode> {
-    let mut gallery = Gallery::open_for_update(dir)?;
+fn remove(location: &Location, name: &str, writer: &WriterArgs) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(location, writer.lock_timeout())?;
     let removed = gallery.remove(name)?;
     gallery.save()?;
     println!(
@@ -292,11 +356,11 @@ fn remove(dir: &Path, name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(dir: &Path, json: bool) -> Result<ExitCode> {
-    let gallery = Gallery::open_unchecked(dir)?;
+fn list(location: &Location, json: bool) -> Result<ExitCode> {
+    let gallery = Gallery::open_unchecked(location)?;
     if json {
         let value = serde_json::json!({
-            "gallery": dir,
+            "gallery": location.to_string(),
             "model": gallery.model(),
             "settings": gallery.settings(),
             "entries": gallery.entries(),
@@ -306,8 +370,7 @@ fn list(dir: &Path, json: bool) -> Result<ExitCode> {
     }
     let model = gallery.model();
     println!(
-        "gallery {}: model {} (sha256 {:.12}…), {} entries",
-        dir.display(),
+        "gallery {location}: model {} (sha256 {:.12}…), {} entries",
         model.file,
         model.sha256,
         gallery.entries().len()
@@ -333,8 +396,12 @@ fn list(dir: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
-    let mut gallery = Gallery::open_for_update(dir)?;
+fn rebuild(
+    location: &Location,
+    recognizer: &RecognizerArgs,
+    writer: &WriterArgs,
+) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(location, writer.lock_timeout())?;
     let mut faces = recognizer.still_faces(FaceSearch::default(), false)?;
     let model = faces.model_id();
     let bar = progress(gallery.entries().len());
@@ -378,8 +445,12 @@ fn rebuild(dir: &Path, recognizer: &RecognizerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn set_thresholds(dir: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
-    let mut gallery = Gallery::open_for_update(dir)?;
+fn set_thresholds(
+    location: &Location,
+    reports: &[PathBuf],
+    writer: &WriterArgs,
+) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(location, writer.lock_timeout())?;
     let mut thresholds = gallery.settings().thresholds;
     for report in reports {
         let section = read_thresholds(report)?;
@@ -397,6 +468,16 @@ fn set_thresholds(dir: &Path, reports: &[PathBuf]) -> Result<ExitCode> {
     }
     gallery.set_thresholds(thresholds);
     gallery.save()?;
-    println!("thresholds of {}: {thresholds:?}", dir.display());
+    println!("thresholds of {location}: {thresholds:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy(src: &Location, dst: &Location) -> Result<ExitCode> {
+    let source = Gallery::open_unchecked(src)?;
+    let copy = Gallery::create_copy(dst, &source)?;
+    println!(
+        "copied {} entries from {src} to {dst}",
+        copy.entries().len()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use crate::args::{ModalityArg, RecognizerArgs};
+use crate::args::{GalleryArg, ModalityArg, RecognizerArgs};
 use crate::for_each_file;
 use crate::gallery::shown;
 use crate::search_args::SearchArgs;
@@ -20,9 +20,9 @@ use carivis::types::{Embedding, Modality};
 
 #[derive(Args)]
 pub struct IdentifyArgs {
-    /// The gallery to match against.
-    #[arg(long, value_name = "DIR")]
-    gallery: PathBuf,
+    /// The gallery to match against: a folder, or postgres://USER@HOST/DB?gallery=NAME.
+    #[arg(long, value_name = "DIR|URL")]
+    gallery: GalleryArg,
     /// Images to identify faces in.
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
@@ -91,7 +91,7 @@ fn identified_face(face: &FoundFace, found: Identification, top_k: usize) -> Ide
 /// Identifies every face of every image.
 pub fn identify(args: &IdentifyArgs) -> Result<ExitCode> {
     let mut faces = args.recognizer.still_faces(args.search.search(), false)?;
-    let gallery = Gallery::open(&args.gallery, &faces.model_id())?;
+    let gallery = Gallery::open(args.gallery.location()?, &faces.model_id())?;
     let thresholds = args.threshold.map(Thresholds::uniform);
     Ok(for_each_file(&args.images, |path| {
         let image = load_image(path)?;

@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{ModalityArg, PacingArg, RecognizerArgs, open_detector, open_embedder};
+use crate::args::{
+    GalleryArg, ModalityArg, PacingArg, RecognizerArgs, open_detector, open_embedder,
+};
 use carivis::align::Aligner;
 use carivis::capture::{list_cameras, open_source};
 use carivis::gallery::Gallery;
@@ -24,9 +26,10 @@ use carivis::types::AnnotatedFrame;
 /// that is 2.5× faster than full resolution and still finds faces a camera shows.
 #[derive(Args, Clone)]
 pub struct VideoArgs {
-    /// The gallery of known people (without one, every face is "unknown").
-    #[arg(long, value_name = "DIR")]
-    gallery: Option<PathBuf>,
+    /// The gallery of known people (without one, every face is "unknown"): a folder, or
+    /// postgres://USER@HOST/DB?gallery=NAME.
+    #[arg(long, value_name = "DIR|URL")]
+    gallery: Option<GalleryArg>,
     /// One cosine-similarity threshold for every direction, instead of the gallery's.
     #[arg(long)]
     threshold: Option<f32>,
@@ -54,7 +57,7 @@ impl VideoArgs {
         let detector = open_detector(&runtime, &r.runtime.models_dir(), r.detector.config(false))?;
         let embedder = open_embedder(&runtime, &r.embedder_path(), r.batch)?;
         let gallery = match &self.gallery {
-            Some(dir) => Some(Gallery::open(dir, &model_id(&embedder))?),
+            Some(arg) => Some(Gallery::open(arg.location()?, &model_id(&embedder))?),
             None => None,
         };
         if let Some(g) = &gallery {
