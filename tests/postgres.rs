@@ -634,7 +634,8 @@ fn an_annotation_survives_a_database_outage_and_follows_it_again() {
     let url = server.url("outage");
     output(carivis().args(["gallery", "create", &url]));
     output(&mut add_chip(&url, "someone else", "photo", 1));
-    let annotation = Annotation::start(&url, 300);
+    // Long enough that the run outlasts the outage, the restart and the back-off (up to 8 s).
+    let annotation = Annotation::start(&url, 1000);
     server.pg_ctl("stop");
     let before = annotation.lines().lines().count();
     std::thread::sleep(Duration::from_secs(3));
