@@ -325,11 +325,7 @@ impl Gallery {
             format: store::FORMAT_VERSION,
             model,
             settings,
-            embeddings: store::EmbeddingsFile {
-                file: String::new(),
-                rows: 0,
-                sha256: String::new(),
-            },
+            embeddings: store::EmbeddingsFile::unwritten(0),
             generation: 0,
             next_id: 1,
             entries: Vec::new(),

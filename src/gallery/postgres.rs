@@ -591,11 +591,7 @@ fn read(
         format: store::FORMAT_VERSION,
         model,
         settings,
-        embeddings: store::EmbeddingsFile {
-            file: String::new(),
-            rows: entries.len(),
-            sha256: String::new(),
-        },
+        embeddings: store::EmbeddingsFile::unwritten(entries.len()),
         generation: head.get::<_, i64>(2) as u64,
         next_id: head.get::<_, i64>(3) as u64,
         entries,

@@ -151,6 +151,18 @@ pub struct EmbeddingsFile {
     pub sha256: String,
 }
 
+impl EmbeddingsFile {
+    /// The record of `rows` embeddings not written to a file (yet, or ever: a database
+    /// gallery keeps them in its rows).
+    pub fn unwritten(rows: usize) -> Self {
+        Self {
+            file: String::new(),
+            rows,
+            sha256: String::new(),
+        }
+    }
+}
+
 /// `gallery.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
