@@ -15,7 +15,9 @@ use carivis::gallery::store::{Enrolment, ModelId};
 use carivis::gallery::{Gallery, GalleryError, NewEntry};
 use carivis::pipeline::still::{FaceSearch, StillFaces};
 use carivis::types::Modality;
-use common::{astronaut_chip, data_dir, models_dir, still_faces, still_faces_with};
+use common::{
+    CHIP_BORDER, add_chip, astronaut_chip, data_dir, models_dir, still_faces, still_faces_with,
+};
 
 /// Border for the Big Bang Theory crops: 150×150 images the face fills.
 const CROP_BORDER: f32 = 0.1;
@@ -216,27 +218,6 @@ fn run_ok(command: &mut Command) -> String {
     text
 }
 
-/// Border that lets MTCNN find the face filling the astronaut chip.
-const CHIP_BORDER: &str = "0.1";
-
-/// `carivis gallery add` of `copies` copies of the astronaut chip as photos of `name`.
-fn add_chip(gallery: &Path, name: &str, copies: usize) -> Command {
-    let mut command = carivis();
-    command
-        .args([
-            "gallery",
-            "add",
-            "--border",
-            CHIP_BORDER,
-            "--modality",
-            "photo",
-        ])
-        .args(["--name", name])
-        .arg(gallery)
-        .args(vec![astronaut_chip(); copies]);
-    command
-}
-
 /// `carivis identify --json` of the astronaut chip (with `extra` arguments): its one line.
 fn identify_chip(gallery: &Path, extra: &[&str]) -> serde_json::Value {
     let out = run_ok(
@@ -260,13 +241,13 @@ fn created_gallery(dir: &Path) -> PathBuf {
 fn a_gallery_survives_kill_9_during_add() {
     let dir = tempfile::tempdir().unwrap();
     let gallery = created_gallery(dir.path());
-    run_ok(&mut add_chip(&gallery, "amy", 5));
+    run_ok(&mut add_chip(&gallery, "amy", "photo", 5));
     // About 9 ms per chip on 2 cores after ~0.3 s of start-up: the add lasts ~1.6 s, so the
     // kills land before, during and after the save.
     let crowd_size = 150;
     let mut interrupted = 0;
     for delay_ms in [50, 150, 300, 500, 800, 1200] {
-        let mut child = add_chip(&gallery, "crowd", crowd_size)
+        let mut child = add_chip(&gallery, "crowd", "photo", crowd_size)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -399,7 +380,7 @@ fn hostile_names_are_stored_as_text_and_shown_escaped() {
     let dir = tempfile::tempdir().unwrap();
     let gallery = created_gallery(dir.path());
     for name in ["../../etc", "two\nlines", "tab\there \"quoted\""] {
-        run_ok(&mut add_chip(&gallery, name, 1));
+        run_ok(&mut add_chip(&gallery, name, "photo", 1));
     }
     let files: Vec<String> = std::fs::read_dir(&gallery)
         .unwrap()
@@ -526,7 +507,7 @@ fn add_refuses_images_without_exactly_one_face_and_explains() {
 fn a_person_named_unknown_is_told_apart_from_no_match() {
     let dir = tempfile::tempdir().unwrap();
     let gallery = created_gallery(dir.path());
-    run_ok(&mut add_chip(&gallery, "unknown", 1));
+    run_ok(&mut add_chip(&gallery, "unknown", "photo", 1));
     let matched = identify_chip(&gallery, &[]);
     assert_eq!(matched["faces"][0]["identity"], "unknown", "{matched}");
     // No similarity reaches a threshold above 1: nobody matches.
@@ -582,7 +563,7 @@ fn an_edited_branch_list_or_dimension_is_refused_with_the_file_and_the_problem()
     for (problem, edit) in edits {
         let dir = tempfile::tempdir().unwrap();
         let gallery = created_gallery(dir.path());
-        run_ok(&mut add_chip(&gallery, "ann", 1));
+        run_ok(&mut add_chip(&gallery, "ann", "photo", 1));
         edit_manifest(&gallery, edit);
         let manifest = gallery.join("gallery.json");
         let err = Gallery::open_unchecked(&gallery).err().unwrap();

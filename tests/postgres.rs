@@ -9,14 +9,12 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{astronaut_chip, data_dir, repo_file, skip};
+use common::{CHIP_BORDER, add_chip, astronaut_chip, data_dir, repo_file, skip};
 
 /// The test server's password (scram-sha-256 authentication).
 const PASSWORD: &str = "pw-Secret-7";
 /// The system user that runs the server when the tests run as root.
 const PG_USER: &str = "carivis-pg";
-/// Border that lets MTCNN find the face filling the astronaut chip.
-const CHIP_BORDER: &str = "0.1";
 
 /// A PostgreSQL server in a temporary folder, stopped when dropped.
 struct PgServer {
@@ -207,23 +205,6 @@ fn failure(command: &mut Command) -> String {
     assert!(!out.status.success(), "{command:?} succeeded: {text}");
     assert!(!text.contains("panicked"), "{text}");
     text
-}
-
-/// `carivis gallery add` of `copies` copies of the astronaut chip as `modality` of `name`.
-fn add_chip(gallery: &str, name: &str, modality: &str, copies: usize) -> Command {
-    let mut command = carivis();
-    command
-        .args([
-            "gallery",
-            "add",
-            "--border",
-            CHIP_BORDER,
-            "--modality",
-            modality,
-        ])
-        .args(["--name", name, gallery])
-        .args(vec![astronaut_chip(); copies]);
-    command
 }
 
 /// `carivis identify --json` of the astronaut chip.

@@ -130,3 +130,30 @@ pub fn cavi_pairs_input(data: &Path, pairs_file: PathBuf) -> carivis::eval::Veri
         branch: carivis::eval::BranchChoice::Auto,
     }
 }
+
+/// Border that lets MTCNN's first pass find the face filling the astronaut chip.
+pub const CHIP_BORDER: &str = "0.1";
+
+/// `carivis gallery add` of `copies` copies of the astronaut chip as `modality` of `name`, into
+/// `gallery` (a folder or a database URL).
+pub fn add_chip(
+    gallery: impl AsRef<std::ffi::OsStr>,
+    name: &str,
+    modality: &str,
+    copies: usize,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_carivis"));
+    command
+        .args([
+            "gallery",
+            "add",
+            "--border",
+            CHIP_BORDER,
+            "--modality",
+            modality,
+        ])
+        .args(["--name", name])
+        .arg(gallery)
+        .args(vec![astronaut_chip(); copies]);
+    command
+}
