@@ -142,6 +142,7 @@ mod tests {
             matched_modality: None,
             decided: true,
             frame_identity: identity.map(String::from),
+            embedded: true,
         }
     }
 

@@ -187,6 +187,9 @@ pub struct Frame {
     pub image: std::sync::Arc<RgbImage>,
     /// When the frame was captured (for latency measurement).
     pub captured: std::time::Instant,
+    /// Frames of this source dropped just before this one (live pacing); summed over a
+    /// source's frames, its total drops.
+    pub dropped_before: u64,
 }
 
 /// A face with its track and the track's decided identity.
@@ -202,14 +205,18 @@ pub struct TrackedFace {
     /// The track's identity by weighted vote over its frames; `None` (JSON `null`) when the
     /// vote goes to nobody in the gallery.
     pub identity: Option<String>,
-    /// This frame's similarity to its best candidate.
+    /// Similarity to the best candidate, from the track's latest embedded frame.
     pub similarity: f32,
-    /// Modality of the entries this frame matched.
+    /// Modality of the entries the track's latest embedded frame matched.
     pub matched_modality: Option<Modality>,
-    /// Whether the track has been seen long enough for its identity to be settled.
+    /// Whether the track has been embedded often enough for its identity to be settled.
     pub decided: bool,
-    /// This frame's own answer (the evidence behind the vote); `None` when nobody matched.
+    /// The answer of the track's latest embedded frame (the evidence behind the vote); `None`
+    /// when nobody matched.
     pub frame_identity: Option<String>,
+    /// Whether this frame's face was embedded and matched (`similarity` and `frame_identity`
+    /// are this frame's own); false where the track kept its label between embeddings.
+    pub embedded: bool,
 }
 
 /// A frame after the pipeline, with its faces.
@@ -308,6 +315,7 @@ mod tests {
             matched_modality: None,
             decided: true,
             frame_identity: identity.map(String::from),
+            embedded: true,
         };
         let nobody = serde_json::to_value(face(None)).unwrap();
         assert!(nobody["identity"].is_null() && nobody["frame_identity"].is_null());

@@ -121,6 +121,7 @@ impl FrameSource for CameraSource {
             time_s: self.started.elapsed().as_secs_f64(),
             image: Arc::new(image),
             captured: Instant::now(),
+            dropped_before: 0,
         }))
     }
 }

@@ -205,6 +205,7 @@ impl super::FrameSource for ImageSequence {
             time_s: index as f64 / self.fps,
             image: std::sync::Arc::new(image),
             captured: std::time::Instant::now(),
+            dropped_before: 0,
         }))
     }
 }

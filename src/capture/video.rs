@@ -98,6 +98,7 @@ impl FrameSource for VideoSource {
             time_s: index as f64 / self.fps,
             image: Arc::new(image),
             captured: Instant::now(),
+            dropped_before: 0,
         }))
     }
 }

@@ -109,8 +109,9 @@ pub enum DetectError {
     /// The settings are out of range.
     #[error("invalid detector setting: {0}")]
     BadConfig(String),
-    /// A padded or rotated copy for a retry pass could not be made.
-    #[error("making a retry copy of the image failed: {0}")]
+    /// A downscaled working copy, or a padded or rotated copy for a retry pass, could not be
+    /// made.
+    #[error("making a resized, padded or rotated copy of the image failed: {0}")]
     Copy(#[from] opencv::Error),
     /// The image is too small to hold a face.
     #[error("image is {width}×{height} px, too small to detect faces in")]

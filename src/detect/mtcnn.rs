@@ -98,7 +98,7 @@ impl Mtcnn {
         let (source, offset) = bordered
             .as_ref()
             .map_or((image, 0.0), |(b, offset)| (b, *offset));
-        let (working, factor) = self.working_image(source);
+        let (working, factor) = self.working_image(source)?;
         let min_face = self.config.min_face * factor;
         let mut faces = self.cascade(working.as_ref().unwrap_or(source), min_face)?;
         faces
@@ -188,18 +188,16 @@ impl Mtcnn {
 
     /// The image to detect on (downscaled when it exceeds the working size) and the factor
     /// from original to working pixels.
-    fn working_image(&self, image: &RgbImage) -> (Option<RgbImage>, f32) {
+    fn working_image(&self, image: &RgbImage) -> Result<(Option<RgbImage>, f32), DetectError> {
         let longest = image.width().max(image.height());
         match self.config.max_side {
             Some(max_side) if longest > max_side => {
                 let factor = max_side as f32 / longest as f32;
                 let w = ((image.width() as f32 * factor).round() as u32).max(1);
                 let h = ((image.height() as f32 * factor).round() as u32).max(1);
-                let small =
-                    image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
-                (Some(small), factor)
+                Ok((Some(crate::cv::resize_area(image, w, h)?), factor))
             }
-            _ => (None, 1.0),
+            _ => Ok((None, 1.0)),
         }
     }
 

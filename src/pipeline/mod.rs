@@ -1,25 +1,28 @@
 //! The only place that wires stages together. [`still`] does single images; [`run`] puts the
-//! video stages on threads joined by bounded channels:
+//! video stages on threads:
 //!
 //! ```text
-//! capture (one thread per source) → detect+align → embed (batched across frames) →
-//! match+track+render → sink (the calling thread: windows must stay on their thread)
+//! capture (one thread per source) → per-source queues → detect+align+link (a pool of
+//! workers) → embed (batched across frames and sources) → match+track+render → sink (the
+//! calling thread: windows must stay on their thread)
 //! ```
 //!
-//! Live pacing drops frames at the source while the detector is busy (counted), so latency
-//! stays bounded; offline pacing blocks instead, so every frame is processed, in order.
+//! The detection workers take the oldest waiting frame of a source no other worker holds
+//! ([`queues`]), so sources share the workers fairly and each source's frames stay in order.
+//! Live pacing drops a source's stale frame while its newer one waits (counted per source), so
+//! latency stays bounded; offline pacing blocks instead, so every frame is processed, in order.
 
+mod queues;
 mod stats;
 pub mod still;
 
-pub use stats::{RunReport, StageStats};
+pub use stats::{RunReport, SourceReport, StageStats};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::align::Aligner;
 use crate::capture::{CaptureError, open_source};
@@ -29,8 +32,9 @@ use crate::gallery::Gallery;
 use crate::gallery::matching::Thresholds;
 use crate::render::{Status, draw};
 use crate::sink::{Control, Sink, SinkError};
-use crate::track::{Observation, Tracker, TrackerConfig};
+use crate::track::{Evidence, Link, Linker, Observation, Tracker, TrackerConfig};
 use crate::types::{AnnotatedFrame, Embedding, Face, Frame, Modality, RgbImage};
+use queues::{FrameQueues, Work};
 use stats::{Samples, Timer};
 
 /// How frames are paced through the pipeline.
@@ -49,7 +53,8 @@ pub enum Pacing {
 pub struct PipelineConfig {
     /// Live or offline pacing.
     pub pacing: Pacing,
-    /// Capacity of each queue between stages.
+    /// Capacity of each queue between stages (per source before detection; live pacing keeps
+    /// one frame per source there).
     pub queue: usize,
     /// Chips embedded per run at most (faces of several frames are batched together).
     pub batch: usize,
@@ -57,14 +62,15 @@ pub struct PipelineConfig {
     pub probe_modality: Modality,
     /// Thresholds overriding the gallery's.
     pub thresholds: Option<Thresholds>,
-    /// Tracker settings.
+    /// Tracker settings (including how often a decided track is embedded again).
     pub tracker: TrackerConfig,
     /// Stop after this many frames per source.
     pub max_frames: Option<u64>,
     /// Start a file again when it ends (soak tests), until stopped.
     pub loop_input: bool,
     /// Run the full detector on every N-th frame of a source; in between, known faces are
-    /// followed with O-Net alone (1 = full detection on every frame).
+    /// followed with O-Net alone (1 = full detection on every frame). Sources take their full
+    /// detections on different frames, so they do not all fall on the same moment.
     pub detect_every: u32,
 }
 
@@ -86,8 +92,9 @@ impl Default for PipelineConfig {
 
 /// The stage objects a run takes over (each moves to its thread).
 pub struct Stages {
-    /// Face detector.
-    pub detector: Mtcnn,
+    /// Face detectors, one per detection worker (at least one; more than there are sources
+    /// never run at once, since a source's frames are detected one at a time).
+    pub detectors: Vec<Mtcnn>,
     /// Chip maker.
     pub aligner: Aligner,
     /// Embedding model.
@@ -121,16 +128,31 @@ pub struct SourceInfo {
     pub frame_count: Option<u64>,
 }
 
+/// A face of a frame with its track.
+struct LinkedFace {
+    face: Face,
+    link: Link,
+}
+
 struct Detected {
     frame: Frame,
-    faces: Vec<Face>,
+    faces: Vec<LinkedFace>,
+    /// Chips of the faces whose link says embed, in order.
     chips: Vec<RgbImage>,
 }
 
 struct Embedded {
     frame: Frame,
-    faces: Vec<Face>,
+    faces: Vec<LinkedFace>,
+    /// Embeddings of the faces whose link says embed, in order (fewer if embedding failed).
     embeddings: Vec<Embedding>,
+}
+
+/// One source's detection state, handed from worker to worker with its frames.
+struct SourceState {
+    followed: Vec<Face>,
+    since_full: u32,
+    linker: Linker,
 }
 
 /// When the capture threads should stop: the caller's flag (Ctrl-C), or the run's own (the sink
@@ -150,14 +172,37 @@ impl Halt<'_> {
     }
 }
 
-/// Counters shared by the threads.
+/// Frames read and dropped by one source.
 #[derive(Default)]
-struct Counters {
+struct SourceCounters {
     captured: AtomicU64,
     dropped: AtomicU64,
+}
+
+/// Counters shared by the threads.
+struct Counters {
+    sources: Vec<SourceCounters>,
     stage_errors: AtomicU64,
     gallery_reloads: AtomicU64,
     gallery_outages: AtomicU64,
+}
+
+impl Counters {
+    fn new(sources: usize) -> Self {
+        Self {
+            sources: (0..sources).map(|_| SourceCounters::default()).collect(),
+            stage_errors: AtomicU64::new(0),
+            gallery_reloads: AtomicU64::new(0),
+            gallery_outages: AtomicU64::new(0),
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.sources
+            .iter()
+            .map(|s| s.dropped.load(Ordering::SeqCst))
+            .sum()
+    }
 }
 
 /// How often a running pipeline asks the gallery's store whether another process changed it.
@@ -234,63 +279,78 @@ pub fn run(
     on_open: &mut dyn FnMut(&[SourceInfo]),
     on_frame: &mut dyn FnMut(&AnnotatedFrame),
 ) -> Result<RunReport, PipelineError> {
-    let counters = Counters::default();
+    let counters = Counters::new(sources.len());
     let queue = config.queue.max(1);
     let capture_queue = if config.pacing == Pacing::Live {
         1
     } else {
         queue
     };
-    let (frames_tx, frames_rx) = bounded::<Frame>(capture_queue);
+    let frames = FrameQueues::new(
+        (0..sources.len())
+            .map(|source| source_state(source, config))
+            .collect(),
+        capture_queue,
+        config.pacing,
+    );
     let (detected_tx, detected_rx) = bounded::<Detected>(queue);
     let (embedded_tx, embedded_rx) = bounded::<Embedded>(queue);
     let (annotated_tx, annotated_rx) = bounded::<AnnotatedFrame>(queue);
     let Stages {
-        mut detector,
+        detectors,
         aligner,
         mut embedder,
         gallery,
     } = stages;
+    if detectors.is_empty() {
+        return Err(PipelineError::Stage("no face detector given".into()));
+    }
     let shared = gallery.map(|g| SharedGallery::new(Arc::new(g)));
     let started = Instant::now();
     let halt = Halt {
         caller: stop,
         run: AtomicBool::new(false),
     };
-    let halt = &halt;
+    let (halt, frames, counters, aligner) = (&halt, &frames, &counters, &aligner);
     std::thread::scope(|scope| {
         let (open_tx, open_rx) = bounded::<Result<SourceInfo, CaptureError>>(sources.len());
         let captures: Vec<_> = sources
             .iter()
             .enumerate()
             .map(|(i, spec)| {
-                let links = CaptureLinks {
-                    tx: frames_tx.clone(),
-                    stale: frames_rx.clone(),
-                    opened: open_tx.clone(),
-                };
-                let counters = &counters;
-                scope.spawn(move || capture(spec, i, config, &links, halt, counters))
+                let opened = open_tx.clone();
+                scope.spawn(move || {
+                    let result = capture(spec, i, config, frames, &opened, halt, counters);
+                    frames.finish();
+                    result
+                })
             })
             .collect();
-        drop((frames_tx, open_tx));
-        let infos = collect_opened(&open_rx, sources.len(), halt)?;
+        drop(open_tx);
+        let infos = match collect_opened(&open_rx, sources.len(), halt) {
+            Ok(infos) => infos,
+            Err(e) => {
+                frames.close();
+                return Err(e);
+            }
+        };
         on_open(&infos);
-        let counters = &counters;
+        let names: Vec<String> = infos.iter().map(|i| i.name.clone()).collect();
         let gallery = shared.as_ref();
         let follow = gallery.map(|g| scope.spawn(move || follow_stage(g, halt, counters)));
-        // Each stage owns its receiver and sender, so a finished stage closes its output and
-        // the next one drains and ends.
-        let detect = scope.spawn(move || {
-            detect_stage(
-                &mut detector,
-                &aligner,
-                config.detect_every,
-                frames_rx,
-                detected_tx,
-                counters,
-            )
-        });
+        // Each stage owns its senders, so when every worker of a stage has finished its output
+        // closes and the next stage drains and ends.
+        let workers: Vec<_> = detectors
+            .into_iter()
+            .take(sources.len())
+            .map(|mut detector| {
+                let tx = detected_tx.clone();
+                scope.spawn(move || {
+                    detect_worker(&mut detector, aligner, config, frames, tx, counters)
+                })
+            })
+            .collect();
+        drop(detected_tx);
         let embed = scope.spawn(move || {
             embed_stage(
                 &mut embedder,
@@ -302,39 +362,50 @@ pub fn run(
         });
         let annotate = scope
             .spawn(move || annotate_stage(gallery, config, embedded_rx, annotated_tx, counters));
-        let sink_result = feed_sink(sink, &annotated_rx, halt, on_frame);
+        let sink_result = feed_sink(sink, &annotated_rx, sources.len(), halt, on_frame);
         halt.set();
+        frames.close();
         let capture_errors: Vec<CaptureError> = captures
             .into_iter()
             .filter_map(|h| h.join().expect("capture thread").err())
             .collect();
-        let detect = detect.join().expect("detect thread");
+        let (mut detect_time, mut detect_queue) = (Samples::default(), Samples::default());
+        for worker in workers {
+            let (time, queue) = worker.join().expect("detect thread");
+            detect_time.extend(time);
+            detect_queue.extend(queue);
+        }
         let embed = embed.join().expect("embed thread");
         let annotate = annotate.join().expect("annotate thread");
         if let Some(follow) = follow {
             follow.join().expect("gallery follower thread");
         }
-        let (sinked, latency, sink_time) = sink_result?;
+        let sinked = sink_result?;
         sink.finish()?;
         if let Some(error) = capture_errors.into_iter().next() {
             tracing::warn!("{error}");
         }
+        let elapsed = started.elapsed();
+        let mut latency = Samples::default();
+        sinked
+            .sources
+            .iter()
+            .for_each(|s| latency.extend(s.latency.clone()));
+        let per_source = source_reports(&names, sinked.sources, counters, elapsed);
         let mut report = RunReport::new(
             config.pacing,
-            started.elapsed(),
-            counters.captured.load(Ordering::SeqCst),
-            sinked,
-            counters.dropped.load(Ordering::SeqCst),
+            elapsed,
+            per_source,
             counters.stage_errors.load(Ordering::SeqCst),
             vec![
-                detect.0.stats("detect+align"),
+                detect_time.stats("detect+align"),
                 embed.0.stats("embed"),
                 annotate.0.stats("match+track+render"),
-                sink_time.stats("sink"),
+                sinked.time.stats("sink"),
             ],
             latency.stats("capture→sink latency"),
             vec![
-                detect.1.stats("queue: capture→detect"),
+                detect_queue.stats("queue: capture→detect"),
                 embed.1.stats("queue: detect→embed"),
                 annotate.1.stats("queue: embed→match"),
             ],
@@ -343,6 +414,42 @@ pub fn run(
         report.gallery_outages = counters.gallery_outages.load(Ordering::SeqCst);
         Ok(report)
     })
+}
+
+/// A source's detection state at the start; sources start their cycles of full detection at
+/// different frames.
+fn source_state(source: usize, config: &PipelineConfig) -> SourceState {
+    SourceState {
+        followed: Vec::new(),
+        since_full: source as u32 % config.detect_every.max(1),
+        linker: Linker::new(config.tracker),
+    }
+}
+
+/// Each source's figures: captured and dropped from the counters, out and latency from the sink.
+fn source_reports(
+    names: &[String],
+    sinked: Vec<SinkedSource>,
+    counters: &Counters,
+    elapsed: Duration,
+) -> Vec<SourceReport> {
+    names
+        .iter()
+        .zip(sinked)
+        .zip(&counters.sources)
+        .enumerate()
+        .map(|(i, ((name, sinked), counted))| {
+            SourceReport::new(
+                i,
+                name,
+                elapsed,
+                counted.captured.load(Ordering::SeqCst),
+                sinked.frames,
+                counted.dropped.load(Ordering::SeqCst),
+                sinked.latency.stats("capture→sink latency"),
+            )
+        })
+        .collect()
 }
 
 /// Waits for every source to report whether it opened; the first failure stops the run.
@@ -365,20 +472,13 @@ fn collect_opened(
     Ok(infos)
 }
 
-/// A capture thread's channel ends: frames out, the same queue's receiving end (to drop a stale
-/// frame in live pacing), and where to report whether the source opened.
-struct CaptureLinks {
-    tx: Sender<Frame>,
-    stale: Receiver<Frame>,
-    opened: Sender<Result<SourceInfo, CaptureError>>,
-}
-
-/// One source's thread: opens it, then reads, paces and hands on frames.
+/// One source's thread: opens it, then reads, paces and queues frames.
 fn capture(
     spec: &str,
     source: usize,
     config: &PipelineConfig,
-    links: &CaptureLinks,
+    frames: &FrameQueues<SourceState>,
+    opened: &Sender<Result<SourceInfo, CaptureError>>,
     halt: &Halt<'_>,
     counters: &Counters,
 ) -> Result<(), CaptureError> {
@@ -386,7 +486,7 @@ fn capture(
         Ok(reader) => reader,
         Err(e) => {
             let message = e.to_string();
-            let _ = links.opened.send(Err(e));
+            let _ = opened.send(Err(e));
             return Err(CaptureError::Open {
                 source_name: spec.to_string(),
                 reason: message,
@@ -398,7 +498,8 @@ fn capture(
         fps: reader.fps(),
         frame_count: reader.frame_count(),
     };
-    let _ = links.opened.send(Ok(info));
+    let _ = opened.send(Ok(info));
+    let counted = &counters.sources[source];
     let pace = config.pacing == Pacing::Live && !reader.is_live();
     let clock = Instant::now();
     let (mut index_offset, mut time_offset, mut delivered) = (0u64, 0.0f64, 0u64);
@@ -422,91 +523,91 @@ fn capture(
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
             frame.captured = Instant::now();
         }
-        counters.captured.fetch_add(1, Ordering::SeqCst);
+        counted.captured.fetch_add(1, Ordering::SeqCst);
         delivered += 1;
-        if !hand_on(&links.tx, &links.stale, frame, config.pacing, counters) {
-            break;
-        }
+        match frames.push(frame) {
+            Ok(dropped) => counted.dropped.fetch_add(dropped, Ordering::SeqCst),
+            Err(_) => break,
+        };
     }
     Ok(())
 }
 
-/// Sends a frame on. Offline pacing waits for room. Live pacing never waits: when the
-/// detector has not yet taken the previous frame, that stale frame is dropped (and counted) and
-/// the new one takes its place, so the detector always starts on the newest frame. Returns
-/// false when the pipeline has shut down.
-fn hand_on(
-    tx: &Sender<Frame>,
-    stale: &Receiver<Frame>,
-    frame: Frame,
-    pacing: Pacing,
-    counters: &Counters,
-) -> bool {
-    match pacing {
-        Pacing::Offline => tx.send(frame).is_ok(),
-        Pacing::Live => {
-            let mut frame = frame;
-            loop {
-                match tx.try_send(frame) {
-                    Ok(()) => return true,
-                    Err(TrySendError::Disconnected(_)) => return false,
-                    Err(TrySendError::Full(back)) => {
-                        if stale.try_recv().is_ok() {
-                            counters.dropped.fetch_add(1, Ordering::SeqCst);
-                        }
-                        frame = back;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn detect_stage(
+/// One detection worker: takes frames from the queues until they end, detects (or follows
+/// known faces), links faces to tracks and aligns the faces due for embedding.
+fn detect_worker(
     detector: &mut Mtcnn,
     aligner: &Aligner,
-    detect_every: u32,
-    rx: Receiver<Frame>,
+    config: &PipelineConfig,
+    frames: &FrameQueues<SourceState>,
     tx: Sender<Detected>,
     counters: &Counters,
 ) -> (Samples, Samples) {
     let (mut time, mut occupancy) = (Samples::default(), Samples::default());
-    let mut followed: HashMap<usize, (Vec<Face>, u32)> = HashMap::new();
-    loop {
-        occupancy.push(rx.len() as f64);
-        let Ok(frame) = rx.recv() else { break };
+    while let Some(Work {
+        frame,
+        mut state,
+        waiting,
+    }) = frames.take()
+    {
+        occupancy.push(waiting as f64);
         let timer = Timer::start();
-        let (previous, since_full) = followed.entry(frame.source).or_default();
-        let full = *since_full == 0 || previous.is_empty();
-        let found = if full {
-            detector.detect(&frame.image)
-        } else {
-            detector.refine(&frame.image, previous)
-        };
-        let faces = found.unwrap_or_else(|e| {
-            counters.stage_errors.fetch_add(1, Ordering::SeqCst);
-            tracing::warn!("frame {}: detection failed: {e}", frame.index);
-            Vec::new()
-        });
-        *since_full = if full { 1 } else { *since_full + 1 } % detect_every.max(1);
-        previous.clone_from(&faces);
-        let (faces, chips): (Vec<Face>, Vec<RgbImage>) = faces
-            .into_iter()
-            .filter_map(|f| aligner.align(&frame.image, &f).ok().map(|chip| (f, chip)))
-            .unzip();
+        let detected = detect_frame(detector, aligner, config, &mut state, frame, counters);
         time.push(timer.ms());
-        if tx
-            .send(Detected {
-                frame,
-                faces,
-                chips,
-            })
-            .is_err()
-        {
+        let source = detected.frame.source;
+        // The frame goes on before its source is given back, so the source's next frame can
+        // only follow it.
+        let sent = tx.send(detected);
+        frames.give_back(source, state);
+        if sent.is_err() {
+            frames.close();
             break;
         }
     }
     (time, occupancy)
+}
+
+/// Detection, tracking links and chips for one frame of a source.
+fn detect_frame(
+    detector: &mut Mtcnn,
+    aligner: &Aligner,
+    config: &PipelineConfig,
+    state: &mut SourceState,
+    frame: Frame,
+    counters: &Counters,
+) -> Detected {
+    let full = state.since_full == 0 || state.followed.is_empty();
+    let found = if full {
+        detector.detect(&frame.image)
+    } else {
+        detector.refine(&frame.image, &state.followed)
+    };
+    let found = found.unwrap_or_else(|e| {
+        counters.stage_errors.fetch_add(1, Ordering::SeqCst);
+        tracing::warn!("frame {}: detection failed: {e}", frame.index);
+        Vec::new()
+    });
+    state.since_full = (state.since_full + 1) % config.detect_every.max(1);
+    state.followed.clone_from(&found);
+    let boxes: Vec<_> = found.iter().map(|f| f.bbox).collect();
+    let links = state.linker.link(&boxes);
+    let mut faces = Vec::with_capacity(found.len());
+    let mut chips = Vec::new();
+    for (face, link) in found.into_iter().zip(links) {
+        if link.embed {
+            // A face that cannot be aligned cannot be recognised: it is left out.
+            let Ok(chip) = aligner.align(&frame.image, &face) else {
+                continue;
+            };
+            chips.push(chip);
+        }
+        faces.push(LinkedFace { face, link });
+    }
+    Detected {
+        frame,
+        faces,
+        chips,
+    }
 }
 
 fn embed_stage(
@@ -528,11 +629,12 @@ fn embed_stage(
                 Err(_) => break,
             }
         }
-        let timer = Timer::start();
+        let counts: Vec<usize> = group.iter().map(|d| d.chips.len()).collect();
         let chips: Vec<RgbImage> = group
             .iter_mut()
             .flat_map(|d| std::mem::take(&mut d.chips))
             .collect();
+        let timer = Timer::start();
         let mut embeddings = embedder.embed(&chips).unwrap_or_else(|e| {
             counters.stage_errors.fetch_add(1, Ordering::SeqCst);
             tracing::warn!("embedding failed: {e}");
@@ -541,18 +643,14 @@ fn embed_stage(
         if !chips.is_empty() {
             time.push(timer.ms());
         }
-        for detected in group {
-            let take = detected.faces.len().min(embeddings.len());
-            let mine: Vec<Embedding> = embeddings.drain(..take).collect();
-            let faces = detected.faces.into_iter().take(mine.len()).collect();
-            if tx
-                .send(Embedded {
-                    frame: detected.frame,
-                    faces,
-                    embeddings: mine,
-                })
-                .is_err()
-            {
+        for (detected, count) in group.into_iter().zip(counts) {
+            let take = count.min(embeddings.len());
+            let embedded = Embedded {
+                frame: detected.frame,
+                faces: detected.faces,
+                embeddings: embeddings.drain(..take).collect(),
+            };
+            if tx.send(embedded).is_err() {
                 return (time, occupancy);
             }
         }
@@ -568,7 +666,7 @@ fn annotate_stage(
     counters: &Counters,
 ) -> (Samples, Samples) {
     let (mut time, mut occupancy) = (Samples::default(), Samples::default());
-    let mut trackers: HashMap<usize, Tracker> = HashMap::new();
+    let mut trackers: Vec<Tracker> = Vec::new();
     let mut rate = stats::RateMeter::default();
     loop {
         occupancy.push(rx.len() as f64);
@@ -576,17 +674,18 @@ fn annotate_stage(
         let timer = Timer::start();
         let current = gallery.map(|g| Arc::clone(&g.read().unwrap_or_else(|p| p.into_inner())));
         let observations = observe(current.as_deref(), config, &embedded, counters);
-        let tracker = trackers
-            .entry(embedded.frame.source)
-            .or_insert_with(|| Tracker::new(config.tracker));
-        let faces = tracker.update(&observations);
+        let source = embedded.frame.source;
+        if trackers.len() <= source {
+            trackers.resize_with(source + 1, || Tracker::new(config.tracker));
+        }
+        let faces = trackers[source].update(&observations);
         let mut frame = embedded.frame;
         // The frame's pixels are no longer shared here (chips were copied out), so drawing
         // takes them over without a copy.
         let mut image = Arc::unwrap_or_clone(frame.image);
         let status = Status {
             fps: rate.tick(),
-            dropped: counters.dropped.load(Ordering::SeqCst),
+            dropped: counters.dropped(),
         };
         if let Err(e) = draw(&mut image, &faces, status) {
             tracing::warn!("drawing failed: {e}");
@@ -600,54 +699,88 @@ fn annotate_stage(
     (time, occupancy)
 }
 
-/// Each face's per-frame answer from the gallery.
+/// Each face's observation: its track, and the gallery's answer where it was embedded.
 fn observe(
     gallery: Option<&Gallery>,
     config: &PipelineConfig,
     embedded: &Embedded,
     counters: &Counters,
 ) -> Vec<Observation> {
+    let mut embeddings = embedded.embeddings.iter();
     embedded
         .faces
         .iter()
-        .zip(&embedded.embeddings)
-        .map(|(face, embedding)| {
-            let found = gallery
-                .map(|g| g.identify(embedding, config.probe_modality, config.thresholds.as_ref()));
-            let (identity, similarity, matched_modality) = match found {
-                Some(Ok(found)) => (found.identity, found.similarity, found.matched_modality),
-                Some(Err(e)) => {
-                    counters.stage_errors.fetch_add(1, Ordering::SeqCst);
-                    tracing::warn!("matching failed: {e}");
-                    (None, 0.0, None)
-                }
-                None => (None, 0.0, None),
-            };
+        .map(|LinkedFace { face, link }| {
+            let embedding = link.embed.then(|| embeddings.next()).flatten();
             Observation {
+                track: link.track,
                 bbox: face.bbox,
                 score: face.score,
-                identity,
-                similarity,
-                matched_modality,
+                evidence: embedding.map(|e| evidence(gallery, config, e, counters)),
             }
         })
         .collect()
+}
+
+/// The gallery's answer for one embedding (nobody without a gallery or when matching fails).
+fn evidence(
+    gallery: Option<&Gallery>,
+    config: &PipelineConfig,
+    embedding: &Embedding,
+    counters: &Counters,
+) -> Evidence {
+    let found =
+        gallery.map(|g| g.identify(embedding, config.probe_modality, config.thresholds.as_ref()));
+    let (identity, similarity, matched_modality) = match found {
+        Some(Ok(found)) => (found.identity, found.similarity, found.matched_modality),
+        Some(Err(e)) => {
+            counters.stage_errors.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!("matching failed: {e}");
+            (None, 0.0, None)
+        }
+        None => (None, 0.0, None),
+    };
+    Evidence {
+        identity,
+        similarity,
+        matched_modality,
+    }
+}
+
+/// What reached the sink from one source.
+#[derive(Default)]
+struct SinkedSource {
+    frames: u64,
+    latency: Samples,
+}
+
+/// What reached the sink, per source, and the sink's own time.
+struct Sinked {
+    sources: Vec<SinkedSource>,
+    time: Samples,
 }
 
 /// The calling thread's part: hands frames to the sink; a stop request drains the rest.
 fn feed_sink(
     sink: &mut dyn Sink,
     rx: &Receiver<AnnotatedFrame>,
+    sources: usize,
     halt: &Halt<'_>,
     on_frame: &mut dyn FnMut(&AnnotatedFrame),
-) -> Result<(u64, Samples, Samples), PipelineError> {
-    let (mut latency, mut time, mut count) = (Samples::default(), Samples::default(), 0u64);
+) -> Result<Sinked, PipelineError> {
+    let mut sinked = Sinked {
+        sources: (0..sources).map(|_| SinkedSource::default()).collect(),
+        time: Samples::default(),
+    };
     for frame in rx {
         let timer = Timer::start();
         let control = sink.write(&frame);
-        time.push(timer.ms());
-        latency.push(frame.frame.captured.elapsed().as_secs_f64() * 1e3);
-        count += 1;
+        sinked.time.push(timer.ms());
+        let source = &mut sinked.sources[frame.frame.source];
+        source
+            .latency
+            .push(frame.frame.captured.elapsed().as_secs_f64() * 1e3);
+        source.frames += 1;
         on_frame(&frame);
         match control {
             Ok(Control::Continue) => {}
@@ -660,5 +793,5 @@ fn feed_sink(
             }
         }
     }
-    Ok((count, latency, time))
+    Ok(sinked)
 }

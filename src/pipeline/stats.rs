@@ -23,13 +23,18 @@ impl Timer {
 }
 
 /// Values collected during a run (times in ms, queue lengths).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Samples(Vec<f64>);
 
 impl Samples {
     /// Adds a value.
     pub fn push(&mut self, value: f64) {
         self.0.push(value);
+    }
+
+    /// Adds another collection's values (several workers' samples summarised as one).
+    pub fn extend(&mut self, other: Samples) {
+        self.0.extend(other.0);
     }
 
     /// Summary under a name.
@@ -98,6 +103,58 @@ impl RateMeter {
     }
 }
 
+/// What one source delivered during a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceReport {
+    /// Index of the source (its place among the inputs).
+    pub source: usize,
+    /// File or camera name.
+    pub name: String,
+    /// Frames read from the source.
+    pub frames_captured: u64,
+    /// Frames of this source that reached the sink.
+    pub frames_out: u64,
+    /// Frames of this source dropped before detection (live pacing).
+    pub frames_dropped: u64,
+    /// Frames out per second of the run's wall-clock time.
+    pub fps: f64,
+    /// Capture-to-sink latency of this source's frames (ms).
+    pub latency: StageStats,
+}
+
+impl SourceReport {
+    /// Assembles one source's figures.
+    pub fn new(
+        source: usize,
+        name: &str,
+        elapsed: Duration,
+        frames_captured: u64,
+        frames_out: u64,
+        frames_dropped: u64,
+        latency: StageStats,
+    ) -> Self {
+        Self {
+            source,
+            name: name.to_string(),
+            frames_captured,
+            frames_out,
+            frames_dropped,
+            fps: per_second(frames_out, elapsed),
+            latency,
+        }
+    }
+}
+
+/// Frames per second of wall-clock time (0 for no time).
+fn per_second(frames: u64, elapsed: Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds > 0.0 {
+        frames as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
 /// What a run did and how fast.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
@@ -109,7 +166,7 @@ pub struct RunReport {
     pub frames_captured: u64,
     /// Frames that reached the sink.
     pub frames_out: u64,
-    /// Frames dropped at the source (live pacing).
+    /// Frames dropped at the sources (live pacing).
     pub frames_dropped: u64,
     /// Frames where a stage failed (the frame went on without faces).
     pub stage_errors: u64,
@@ -118,48 +175,45 @@ pub struct RunReport {
     /// Times the gallery's store stopped answering (recognition went on with the copy in
     /// memory until it answered again).
     pub gallery_outages: u64,
-    /// Frames out per second of wall-clock time.
+    /// Frames out per second of wall-clock time, all sources together.
     pub fps: f64,
     /// Time per stage (ms).
     pub stages: Vec<StageStats>,
-    /// Capture-to-sink latency (ms).
+    /// Capture-to-sink latency of every frame (ms).
     pub latency: StageStats,
     /// Queue lengths seen by each consumer before taking an item (frames).
     pub queues: Vec<StageStats>,
+    /// Each source's own figures.
+    pub sources: Vec<SourceReport>,
 }
 
 impl RunReport {
-    /// Assembles the report.
-    #[allow(clippy::too_many_arguments)]
+    /// Assembles the report; totals are the sums over `sources`.
     pub fn new(
         pacing: Pacing,
         elapsed: Duration,
-        frames_captured: u64,
-        frames_out: u64,
-        frames_dropped: u64,
+        sources: Vec<SourceReport>,
         stage_errors: u64,
         stages: Vec<StageStats>,
         latency: StageStats,
         queues: Vec<StageStats>,
     ) -> Self {
-        let seconds = elapsed.as_secs_f64();
+        let sum = |f: fn(&SourceReport) -> u64| sources.iter().map(f).sum::<u64>();
+        let frames_out = sum(|s| s.frames_out);
         Self {
             pacing,
-            seconds,
-            frames_captured,
+            seconds: elapsed.as_secs_f64(),
+            frames_captured: sum(|s| s.frames_captured),
             frames_out,
-            frames_dropped,
+            frames_dropped: sum(|s| s.frames_dropped),
             stage_errors,
             gallery_reloads: 0,
             gallery_outages: 0,
-            fps: if seconds > 0.0 {
-                frames_out as f64 / seconds
-            } else {
-                0.0
-            },
+            fps: per_second(frames_out, elapsed),
             stages,
             latency,
             queues,
+            sources,
         }
     }
 
@@ -194,8 +248,30 @@ impl RunReport {
                 q.name, q.count, q.mean, q.p50, q.p99
             ));
         }
+        if self.sources.len() > 1 {
+            out.push_str(&format!(
+                "{:<28} {:>7} {:>9} {:>9} {:>9} {:>9}\n",
+                "source", "out", "dropped", "fps", "lat p50", "lat p99"
+            ));
+            for s in &self.sources {
+                out.push_str(&format!(
+                    "{:<28} {:>7} {:>9} {:>9.1} {:>7.1}ms {:>7.1}ms\n",
+                    format!("{} {}", s.source, short_name(&s.name)),
+                    s.frames_out,
+                    s.frames_dropped,
+                    s.fps,
+                    s.latency.p50,
+                    s.latency.p99
+                ));
+            }
+        }
         out
     }
+}
+
+/// The last part of a source's path, so table rows stay narrow.
+fn short_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
 }
 
 #[cfg(test)]

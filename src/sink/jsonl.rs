@@ -1,4 +1,4 @@
-//! JSON Lines: one object per frame, `{"frame", "time_s", "faces": [...]}`.
+//! JSON Lines: one object per frame, `{"source", "frame", "time_s", "dropped_before", "faces": [...]}`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -21,6 +21,8 @@ struct Line<'a> {
     source: usize,
     frame: u64,
     time_s: f64,
+    /// Frames of this source dropped since its previous line (live pacing).
+    dropped_before: u64,
     faces: &'a [TrackedFace],
 }
 
@@ -75,6 +77,7 @@ impl Sink for JsonlSink {
             source: frame.frame.source,
             frame: frame.frame.index,
             time_s: frame.frame.time_s,
+            dropped_before: frame.frame.dropped_before,
             faces: &frame.faces,
         };
         let text = serde_json::to_string(&line).map_err(|e| self.error(e))?;

@@ -19,6 +19,7 @@ use carivis::gallery::matching::Thresholds;
 use carivis::pipeline::still::model_id;
 use carivis::pipeline::{Pacing, PipelineConfig, RunReport, Stages, run};
 use carivis::sink::{Control, JsonlSink, Sink, SinkError, Tee, VideoSink, WindowSink};
+use carivis::track::TrackerConfig;
 use carivis::types::AnnotatedFrame;
 
 /// Options every video command shares. Video commands detect on frames downscaled to 640 px
@@ -46,15 +47,26 @@ pub struct VideoArgs {
     /// alone (new faces appear within N frames). 1 = full detection on every frame.
     #[arg(long, default_value_t = 5, value_name = "N")]
     detect_every: u32,
+    /// Once a track's identity is decided, embed its face again on every N-th frame only; the
+    /// frames in between keep the track's label (JSONL: "embedded": false). 1 = every frame.
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    embed_every: u32,
+    /// Detection workers (each source is detected by one worker at a time, so more workers
+    /// than sources are not started). Default: one per CPU core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    detect_workers: Option<u32>,
     #[command(flatten)]
     recognizer: RecognizerArgs,
 }
 
 impl VideoArgs {
-    fn stages(&self) -> Result<Stages> {
+    /// The stages for `sources` inputs, with as many detectors as detection workers.
+    fn stages(&self, sources: usize) -> Result<Stages> {
         let r = &self.recognizer;
         let runtime = r.runtime.runtime()?;
-        let detector = open_detector(&runtime, &r.runtime.models_dir(), r.detector.config(false))?;
+        let detectors = (0..self.workers(sources))
+            .map(|_| open_detector(&runtime, &r.runtime.models_dir(), r.detector.config(false)))
+            .collect::<Result<Vec<_>>>()?;
         let embedder = open_embedder(&runtime, &r.embedder_path(), r.batch)?;
         let gallery = match &self.gallery {
             Some(arg) => Some(Gallery::open(arg.location()?, &model_id(&embedder))?),
@@ -65,10 +77,20 @@ impl VideoArgs {
         }
         Ok(Stages {
             aligner: Aligner::new(r.aligner.mode(), embedder.chip_size()),
-            detector,
+            detectors,
             embedder,
             gallery,
         })
+    }
+
+    /// Detection workers for `sources` inputs: as asked, or one per core, never more than
+    /// the sources.
+    fn workers(&self, sources: usize) -> usize {
+        let asked = self.detect_workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        );
+        asked.min(sources).max(1)
     }
 
     fn config(&self, pacing: Pacing, loop_input: bool) -> PipelineConfig {
@@ -81,7 +103,10 @@ impl VideoArgs {
             max_frames: self.frames,
             loop_input,
             detect_every: self.detect_every,
-            ..PipelineConfig::default()
+            tracker: TrackerConfig {
+                embed_every: self.embed_every,
+                ..TrackerConfig::default()
+            },
         }
     }
 }
@@ -133,9 +158,10 @@ pub struct LiveArgs {
 #[derive(Args)]
 #[command(mut_arg("max_side", |a| a.default_value("640")), mut_arg("min_face", |a| a.default_value("40")))]
 pub struct BenchArgs {
-    /// Video file to run through the pipeline.
-    #[arg(value_name = "INPUT")]
-    input: String,
+    /// Video files to run through the pipeline, all at once (one source each; give the same
+    /// file several times to measure several streams).
+    #[arg(value_name = "INPUT", required = true)]
+    inputs: Vec<String>,
     /// Which pacing modes to measure.
     #[arg(
         long,
@@ -187,7 +213,7 @@ fn print_report(report: &RunReport, json: bool) -> Result<()> {
 
 /// Annotates video files offline, every frame, with a progress bar.
 pub fn annotate(args: &AnnotateArgs) -> Result<ExitCode> {
-    let stages = args.video.stages()?;
+    let stages = args.video.stages(1)?;
     let config = args.video.config(Pacing::Offline, false);
     let fps = source_fps(&args.input)?;
     let mut parts: Vec<Box<dyn Sink>> = vec![Box::new(VideoSink::create(&args.output, fps)?)];
@@ -256,7 +282,7 @@ pub fn live(args: &LiveArgs) -> Result<ExitCode> {
     if let (Some(size), Some(index)) = (args.size, args.camera) {
         tracing::info!("camera {index}: asking for {}x{}", size.0, size.1);
     }
-    let stages = args.video.stages()?;
+    let stages = args.video.stages(sources.len())?;
     let config = args.video.config(Pacing::Live, args.loop_input);
     let mut parts: Vec<Box<dyn Sink>> = Vec::new();
     if !args.headless {
@@ -282,15 +308,16 @@ pub fn live(args: &LiveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// End-to-end frame rate, per-stage times and queue occupancy, per pacing mode.
+/// End-to-end frame rate, per-stage times and queue occupancy, per pacing mode, per source
+/// and in total.
 pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
     let stop = AtomicBool::new(false);
     let mut reports = Vec::new();
     for pacing in args.modes.iter().map(|&m| Pacing::from(m)) {
-        let stages = args.video.stages()?;
+        let stages = args.video.stages(args.inputs.len())?;
         let config = args.video.config(pacing, false);
         let report = run(
-            std::slice::from_ref(&args.input),
+            &args.inputs,
             stages,
             &config,
             &mut Discard,
