@@ -32,7 +32,7 @@ impl Default for TrackerConfig {
             max_missed: 10,
             frames_to_decide: 3,
             vote_decay: 0.9,
-            embed_every: 1,
+            embed_every: 5,
         }
     }
 }
@@ -305,16 +305,16 @@ mod tests {
 
     #[test]
     fn a_decided_track_is_embedded_on_every_nth_frame_only() {
-        let mut linker = Linker::new(TrackerConfig {
-            embed_every: 5,
-            ..TrackerConfig::default()
-        });
+        let mut linker = Linker::new(TrackerConfig::default());
         let embeds: Vec<bool> = (0..13).map(|_| linker.link(&[at(0.0)])[0].embed).collect();
         let expected = [
             true, true, true, false, false, false, false, true, false, false, false, false, true,
         ];
         assert_eq!(embeds, expected);
-        let mut every = Linker::new(TrackerConfig::default());
+        let mut every = Linker::new(TrackerConfig {
+            embed_every: 1,
+            ..TrackerConfig::default()
+        });
         assert!((0..6).all(|_| every.link(&[at(0.0)])[0].embed));
     }
 

@@ -160,42 +160,76 @@ fn ctrl_c_finishes_a_playable_video_up_to_the_last_frame() {
 }
 
 #[test]
-fn two_sources_run_at_once_sharing_the_stages() {
+fn four_sources_share_two_detection_workers_each_in_order_labelled_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let jsonl = dir.path().join("two.jsonl");
+    let jsonl = dir.path().join("four.jsonl");
     let sample = repo("samples/obama_weekly_address.mp4");
-    let out = carivis()
-        .args(["live", "--headless", "--frames", "45", "--gallery"])
+    let mut command = carivis();
+    command
+        .args(["live", "--headless", "--json", "--frames", "90"])
+        .args(["--detect-workers", "2", "--gallery"])
         .arg(repo("galleries/demo"))
-        .arg("--input")
-        .arg(&sample)
-        .arg("--input")
-        .arg(&sample)
         .arg("--jsonl")
-        .arg(&jsonl)
-        .output()
-        .unwrap();
+        .arg(&jsonl);
+    for _ in 0..4 {
+        command.arg("--input").arg(&sample);
+    }
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let lines: Vec<Value> = std::fs::read_to_string(&jsonl)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    for source in [0, 1] {
-        let frames: Vec<u64> = lines
+    for source in 0..4u64 {
+        let mine: Vec<&Value> = lines.iter().filter(|l| l["source"] == source).collect();
+        let frames: Vec<u64> = mine.iter().map(|l| l["frame"].as_u64().unwrap()).collect();
+        let counted = &report["sources"][source as usize];
+        let dropped: u64 = mine
             .iter()
-            .filter(|l| l["source"] == source)
-            .map(|l| l["frame"].as_u64().unwrap())
-            .collect();
-        eprintln!("source {source}: {} frames delivered", frames.len());
-        assert!(!frames.is_empty(), "nothing from source {source}");
+            .map(|l| l["dropped_before"].as_u64().unwrap())
+            .sum();
+        let labelled = mine
+            .iter()
+            .filter(|l| l["faces"][0]["identity"] == "Barack Obama")
+            .count();
+        eprintln!(
+            "source {source}: {} frames out, {dropped} dropped, {labelled} labelled Barack Obama",
+            frames.len()
+        );
         assert!(
             frames.windows(2).all(|w| w[0] < w[1]),
             "source {source} out of order"
         );
+        assert_eq!(counted["frames_out"], frames.len() as u64);
+        assert_eq!(counted["frames_dropped"], dropped);
+        // Every captured frame either reached the sink or was counted as dropped.
+        assert_eq!(counted["frames_captured"], 90);
+        assert_eq!(frames.len() as u64 + dropped, 90);
+        // Tracks stay per source: each source's face is labelled on nearly all its frames.
+        assert!(
+            labelled * 10 >= frames.len() * 9,
+            "{labelled}/{}",
+            frames.len()
+        );
     }
+    let embedded = lines
+        .iter()
+        .flat_map(|l| l["faces"].as_array().unwrap())
+        .filter(|f| f["embedded"] == true)
+        .count();
+    let faces: usize = lines
+        .iter()
+        .map(|l| l["faces"].as_array().unwrap().len())
+        .sum();
+    eprintln!("{embedded} of {faces} faces embedded (--embed-every 5)");
+    assert!(
+        embedded * 5 >= faces && embedded * 3 <= faces,
+        "{embedded}/{faces}"
+    );
 }

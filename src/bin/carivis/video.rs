@@ -49,7 +49,7 @@ pub struct VideoArgs {
     detect_every: u32,
     /// Once a track's identity is decided, embed its face again on every N-th frame only; the
     /// frames in between keep the track's label (JSONL: "embedded": false). 1 = every frame.
-    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = TrackerConfig::default().embed_every, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     embed_every: u32,
     /// Detection workers (each source is detected by one worker at a time, so more workers
     /// than sources are not started). Default: one per CPU core.
