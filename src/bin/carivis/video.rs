@@ -173,8 +173,38 @@ pub struct BenchArgs {
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
+    /// Only read every frame of each input through the capture stage (decoding and colour
+    /// conversion, no models): the share of a run that no detection worker can remove.
+    #[arg(long)]
+    decode_only: bool,
     #[command(flatten)]
     video: VideoArgs,
+}
+
+/// What reading one input through the capture stage cost.
+#[derive(serde::Serialize)]
+struct DecodeReport {
+    name: String,
+    frames: u64,
+    seconds: f64,
+    fps: f64,
+}
+
+/// Reads every frame of `spec` (up to `max_frames`) and times it.
+fn decode_only(spec: &str, max_frames: Option<u64>) -> Result<DecodeReport> {
+    let started = std::time::Instant::now();
+    let mut source = open_source(spec, 0)?;
+    let mut frames = 0u64;
+    while max_frames.is_none_or(|max| frames < max) && source.next_frame()?.is_some() {
+        frames += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(DecodeReport {
+        name: source.name().to_string(),
+        frames,
+        seconds,
+        fps: frames as f64 / seconds.max(f64::EPSILON),
+    })
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
@@ -311,6 +341,23 @@ pub fn live(args: &LiveArgs) -> Result<ExitCode> {
 /// End-to-end frame rate, per-stage times and queue occupancy, per pacing mode, per source
 /// and in total.
 pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
+    if args.decode_only {
+        let reports = args
+            .inputs
+            .iter()
+            .map(|spec| decode_only(spec, args.video.frames))
+            .collect::<Result<Vec<_>>>()?;
+        for r in &reports {
+            eprintln!(
+                "decode only: {}: {} frames in {:.2} s = {:.1} fps",
+                r.name, r.frames, r.seconds, r.fps
+            );
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let stop = AtomicBool::new(false);
     let mut reports = Vec::new();
     for pacing in args.modes.iter().map(|&m| Pacing::from(m)) {
