@@ -192,6 +192,35 @@ pub struct Frame {
     pub dropped_before: u64,
 }
 
+/// A live source's connection changed: it stopped delivering frames, or came back.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SourceStatus {
+    /// Index of the source.
+    pub source: usize,
+    /// Its name (credentials hidden).
+    pub name: String,
+    /// Seconds since the run started.
+    pub time_s: f64,
+    /// When, in seconds since the Unix epoch (to line up with other systems' logs).
+    pub unix_time: f64,
+    /// What happened.
+    pub status: ConnectionState,
+    /// Why it was lost, or why the last attempt to reopen it failed.
+    pub reason: Option<String>,
+    /// Attempts to reopen it so far in this drop-out (0 when it was just lost).
+    pub attempts: u32,
+}
+
+/// The kinds of [`SourceStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    /// Stopped delivering frames (failed, ended, or nothing for the timeout).
+    Lost,
+    /// Reopened and delivering again.
+    Reconnected,
+}
+
 /// A face with its track and the track's decided identity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrackedFace {

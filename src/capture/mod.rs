@@ -52,8 +52,27 @@ pub trait FrameSource {
     fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError>;
 }
 
-/// Opens a video file, a folder of images, or (for `camera:N`) a camera.
-pub fn open_source(spec: &str, source: usize) -> Result<Box<dyn FrameSource>, CaptureError> {
+/// URL schemes opened as network streams (through FFmpeg).
+const NETWORK_SCHEMES: [&str; 5] = ["rtsp://", "rtsps://", "http://", "https://", "rtmp://"];
+
+/// Whether a source spec names a network stream (`rtsp://…`, `http(s)://…`).
+pub fn is_network(spec: &str) -> bool {
+    let lower = spec.to_ascii_lowercase();
+    NETWORK_SCHEMES
+        .iter()
+        .any(|scheme| lower.starts_with(scheme))
+}
+
+/// Opens a video file, a folder of images, a network stream (`rtsp://`, `http(s)://`: one
+/// that delivers nothing for `timeout` fails), or (for `camera:N`) a camera.
+pub fn open_source(
+    spec: &str,
+    source: usize,
+    timeout: std::time::Duration,
+) -> Result<Box<dyn FrameSource>, CaptureError> {
+    if is_network(spec) {
+        return Ok(Box::new(VideoSource::open_url(spec, source, timeout)?));
+    }
     if let Some(index) = spec.strip_prefix("camera:") {
         let index = index.parse().map_err(|_| CaptureError::Open {
             source_name: spec.to_string(),

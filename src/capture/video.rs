@@ -2,9 +2,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use opencv::core::Mat;
+use opencv::core::{Mat, Vector};
 use opencv::prelude::*;
 use opencv::videoio::{self, VideoCapture};
 
@@ -26,6 +26,7 @@ pub struct VideoSource {
     frame_count: Option<u64>,
     next_index: u64,
     source: usize,
+    live: bool,
 }
 
 impl VideoSource {
@@ -41,8 +42,47 @@ impl VideoSource {
         }
         let capture = VideoCapture::from_file(&name, videoio::CAP_FFMPEG)
             .map_err(|e| open_error(e.to_string()))?;
+        Self::from_capture(name, capture, source, false)
+    }
+
+    /// Opens a network stream (anything FFmpeg reads: RTSP, HTTP MJPEG, HLS, …); opening, and
+    /// later each read, fail when nothing arrives for `timeout`. Credentials in the URL never
+    /// appear in its name.
+    pub fn open_url(url: &str, source: usize, timeout: Duration) -> Result<Self, CaptureError> {
+        let name = redact_credentials(url);
+        let ms = i32::try_from(timeout.as_millis())
+            .unwrap_or(i32::MAX)
+            .max(1);
+        let params = Vector::from_slice(&[
+            videoio::CAP_PROP_OPEN_TIMEOUT_MSEC,
+            ms,
+            videoio::CAP_PROP_READ_TIMEOUT_MSEC,
+            ms,
+        ]);
+        let capture = VideoCapture::from_file_with_params(url, videoio::CAP_FFMPEG, &params)
+            .map_err(|e| CaptureError::Open {
+                source_name: name.clone(),
+                reason: e.to_string(),
+            })?;
+        Self::from_capture(name, capture, source, true)
+    }
+
+    fn from_capture(
+        name: String,
+        capture: VideoCapture,
+        source: usize,
+        live: bool,
+    ) -> Result<Self, CaptureError> {
         if !capture.is_opened().unwrap_or(false) {
-            return Err(open_error("not a video OpenCV/ffmpeg can read".into()));
+            let reason = if live {
+                "no stream there, or none FFmpeg can read (nothing arrived before the timeout?)"
+            } else {
+                "not a video OpenCV/ffmpeg can read"
+            };
+            return Err(CaptureError::Open {
+                source_name: name,
+                reason: reason.into(),
+            });
         }
         let fps = capture.get(videoio::CAP_PROP_FPS).unwrap_or(0.0);
         let count = capture.get(videoio::CAP_PROP_FRAME_COUNT).unwrap_or(0.0);
@@ -55,9 +95,10 @@ impl VideoSource {
             } else {
                 FALLBACK_FPS
             },
-            frame_count: (count >= 1.0).then_some(count as u64),
+            frame_count: (count >= 1.0 && !live).then_some(count as u64),
             next_index: 0,
             source,
+            live,
         })
     }
 }
@@ -76,7 +117,7 @@ impl FrameSource for VideoSource {
     }
 
     fn is_live(&self) -> bool {
-        false
+        self.live
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
@@ -104,5 +145,39 @@ impl FrameSource for VideoSource {
             captured: Instant::now(),
             dropped_before: 0,
         }))
+    }
+}
+
+/// A URL with any password replaced by `***` (`rtsp://user:***@host/…`), for messages.
+pub fn redact_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_credentials;
+
+    #[test]
+    fn passwords_in_urls_are_hidden() {
+        assert_eq!(
+            redact_credentials("rtsp://admin:s3cr%40t@10.0.0.2:554/live?x=1"),
+            "rtsp://admin:***@10.0.0.2:554/live?x=1"
+        );
+        assert_eq!(
+            redact_credentials("http://127.0.0.1:8080/cam.mjpeg"),
+            "http://127.0.0.1:8080/cam.mjpeg"
+        );
+        assert_eq!(redact_credentials("rtsp://cam/a@b"), "rtsp://cam/a@b");
     }
 }

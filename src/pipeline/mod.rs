@@ -33,7 +33,9 @@ use crate::gallery::matching::Thresholds;
 use crate::render::{Status, draw};
 use crate::sink::{Control, Sink, SinkError};
 use crate::track::{Evidence, Link, Linker, Observation, Tracker, TrackerConfig};
-use crate::types::{AnnotatedFrame, Embedding, Face, Frame, Modality, RgbImage};
+use crate::types::{
+    AnnotatedFrame, ConnectionState, Embedding, Face, Frame, Modality, RgbImage, SourceStatus,
+};
 use queues::{FrameQueues, Work};
 use stats::{Samples, Timer};
 
@@ -72,6 +74,9 @@ pub struct PipelineConfig {
     /// followed with O-Net alone (1 = full detection on every frame). Sources take their full
     /// detections on different frames, so they do not all fall on the same moment.
     pub detect_every: u32,
+    /// A network source that delivers nothing for this long counts as lost (and is reopened
+    /// in live pacing).
+    pub source_timeout: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -86,6 +91,7 @@ impl Default for PipelineConfig {
             max_frames: None,
             loop_input: false,
             detect_every: 5,
+            source_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -172,11 +178,13 @@ impl Halt<'_> {
     }
 }
 
-/// Frames read and dropped by one source.
+/// Frames read and dropped by one source, and its drop-outs.
 #[derive(Default)]
 struct SourceCounters {
     captured: AtomicU64,
     dropped: AtomicU64,
+    lost: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 /// Counters shared by the threads.
@@ -312,15 +320,24 @@ pub fn run(
         run: AtomicBool::new(false),
     };
     let (halt, frames, counters, aligner) = (&halt, &frames, &counters, &aligner);
+    // Kept open here until the sink is done, so the sink's wait on it never sees it closed.
+    let (status_tx, status_rx) = crossbeam_channel::unbounded::<SourceStatus>();
     std::thread::scope(|scope| {
         let (open_tx, open_rx) = bounded::<Result<SourceInfo, CaptureError>>(sources.len());
         let captures: Vec<_> = sources
             .iter()
             .enumerate()
             .map(|(i, spec)| {
-                let opened = open_tx.clone();
+                let links = CaptureLinks {
+                    frames,
+                    opened: open_tx.clone(),
+                    status: status_tx.clone(),
+                    halt,
+                    counters,
+                    started,
+                };
                 scope.spawn(move || {
-                    let result = capture(spec, i, config, frames, &opened, halt, counters);
+                    let result = capture(spec, i, config, &links);
                     frames.finish();
                     result
                 })
@@ -362,7 +379,14 @@ pub fn run(
         });
         let annotate = scope
             .spawn(move || annotate_stage(gallery, config, embedded_rx, annotated_tx, counters));
-        let sink_result = feed_sink(sink, &annotated_rx, sources.len(), halt, on_frame);
+        let sink_result = feed_sink(
+            sink,
+            &annotated_rx,
+            &status_rx,
+            sources.len(),
+            halt,
+            on_frame,
+        );
         halt.set();
         frames.close();
         let capture_errors: Vec<CaptureError> = captures
@@ -448,6 +472,10 @@ fn source_reports(
                 counted.dropped.load(Ordering::SeqCst),
                 sinked.latency.stats("capture→sink latency"),
             )
+            .with_dropouts(
+                counted.lost.load(Ordering::SeqCst),
+                counted.reconnects.load(Ordering::SeqCst),
+            )
         })
         .collect()
 }
@@ -472,21 +500,30 @@ fn collect_opened(
     Ok(infos)
 }
 
-/// One source's thread: opens it, then reads, paces and queues frames.
+/// A capture thread's links to the rest of the run.
+struct CaptureLinks<'a> {
+    frames: &'a FrameQueues<SourceState>,
+    opened: Sender<Result<SourceInfo, CaptureError>>,
+    status: Sender<SourceStatus>,
+    halt: &'a Halt<'a>,
+    counters: &'a Counters,
+    started: Instant,
+}
+
+/// One source's thread: opens it, then reads, paces and queues frames. A live source (camera,
+/// network stream) in live pacing that fails or stops delivering is reopened until the run
+/// ends ([`reopen`]); a file ends the source, or starts again with `loop_input`.
 fn capture(
     spec: &str,
     source: usize,
     config: &PipelineConfig,
-    frames: &FrameQueues<SourceState>,
-    opened: &Sender<Result<SourceInfo, CaptureError>>,
-    halt: &Halt<'_>,
-    counters: &Counters,
+    links: &CaptureLinks<'_>,
 ) -> Result<(), CaptureError> {
-    let mut reader = match open_source(spec, source) {
+    let mut reader = match open_source(spec, source, config.source_timeout) {
         Ok(reader) => reader,
         Err(e) => {
             let message = e.to_string();
-            let _ = opened.send(Err(e));
+            let _ = links.opened.send(Err(e));
             return Err(CaptureError::Open {
                 source_name: spec.to_string(),
                 reason: message,
@@ -498,22 +535,44 @@ fn capture(
         fps: reader.fps(),
         frame_count: reader.frame_count(),
     };
-    let _ = opened.send(Ok(info));
-    let counted = &counters.sources[source];
+    let _ = links.opened.send(Ok(info.clone()));
+    let counted = &links.counters.sources[source];
     let pace = config.pacing == Pacing::Live && !reader.is_live();
+    let reconnects = config.pacing == Pacing::Live && reader.is_live();
     let clock = Instant::now();
     let (mut index_offset, mut time_offset, mut delivered) = (0u64, 0.0f64, 0u64);
-    while !halt.is_set() && config.max_frames.is_none_or(|max| delivered < max) {
-        let Some(mut frame) = reader.next_frame()? else {
-            if !config.loop_input || delivered == index_offset {
-                break;
+    while !links.halt.is_set() && config.max_frames.is_none_or(|max| delivered < max) {
+        let mut frame = match reader.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) if !reconnects => {
+                if !config.loop_input || delivered == index_offset {
+                    break;
+                }
+                (index_offset, time_offset) = (
+                    delivered,
+                    time_offset + reader.frame_count().unwrap_or(0) as f64 / reader.fps(),
+                );
+                reader = open_source(spec, source, config.source_timeout)?;
+                continue;
             }
-            (index_offset, time_offset) = (
-                delivered,
-                time_offset + reader.frame_count().unwrap_or(0) as f64 / reader.fps(),
-            );
-            reader = open_source(spec, source)?;
-            continue;
+            Err(e) if !reconnects => return Err(e),
+            lost => {
+                let reason = lost.err().map_or_else(
+                    || {
+                        format!(
+                            "no frame for {} s, or the stream ended",
+                            config.source_timeout.as_secs_f64()
+                        )
+                    },
+                    |e| e.to_string(),
+                );
+                let Some(reopened) = reopen(spec, source, &info.name, reason, config, links) else {
+                    break;
+                };
+                reader = reopened;
+                (index_offset, time_offset) = (delivered, clock.elapsed().as_secs_f64());
+                continue;
+            }
         };
         frame.index += index_offset;
         frame.time_s += time_offset;
@@ -525,12 +584,68 @@ fn capture(
         }
         counted.captured.fetch_add(1, Ordering::SeqCst);
         delivered += 1;
-        match frames.push(frame) {
+        match links.frames.push(frame) {
             Ok(dropped) => counted.dropped.fetch_add(dropped, Ordering::SeqCst),
             Err(_) => break,
         };
     }
     Ok(())
+}
+
+/// The first wait before reopening a lost live source.
+pub const RECONNECT_FIRST_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait between attempts to reopen a lost live source.
+pub const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Reports a lost source, then tries to reopen it with waits doubling from
+/// [`RECONNECT_FIRST_WAIT`] up to [`RECONNECT_MAX_WAIT`] until it opens (reported and
+/// counted) or the run halts (`None`).
+fn reopen(
+    spec: &str,
+    source: usize,
+    name: &str,
+    reason: String,
+    config: &PipelineConfig,
+    links: &CaptureLinks<'_>,
+) -> Option<Box<dyn crate::capture::FrameSource>> {
+    tracing::warn!("{name}: lost ({reason}); reopening");
+    let counted = &links.counters.sources[source];
+    counted.lost.fetch_add(1, Ordering::SeqCst);
+    let announce = |status, reason: Option<String>, attempts| {
+        let _ = links.status.send(SourceStatus {
+            source,
+            name: name.to_string(),
+            time_s: links.started.elapsed().as_secs_f64(),
+            unix_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            status,
+            reason,
+            attempts,
+        });
+    };
+    announce(ConnectionState::Lost, Some(reason), 0);
+    let mut wait = RECONNECT_FIRST_WAIT;
+    let mut attempts = 0;
+    while sleep_unless_halted(wait, links.halt) {
+        attempts += 1;
+        match open_source(spec, source, config.source_timeout) {
+            Ok(reader) => {
+                tracing::warn!("{name}: reconnected after {attempts} attempt(s)");
+                counted.reconnects.fetch_add(1, Ordering::SeqCst);
+                announce(ConnectionState::Reconnected, None, attempts);
+                return Some(reader);
+            }
+            Err(e) => {
+                wait = (wait * 2).min(RECONNECT_MAX_WAIT);
+                tracing::info!(
+                    "{name}: attempt {attempts} failed ({e}); next in {} s",
+                    wait.as_secs()
+                );
+            }
+        }
+    }
+    None
 }
 
 /// One detection worker: takes frames from the queues until they end, detects (or follows
@@ -760,10 +875,12 @@ struct Sinked {
     time: Samples,
 }
 
-/// The calling thread's part: hands frames to the sink; a stop request drains the rest.
+/// The calling thread's part: hands frames and source status changes to the sink; a stop
+/// request drains the rest.
 fn feed_sink(
     sink: &mut dyn Sink,
     rx: &Receiver<AnnotatedFrame>,
+    status_rx: &Receiver<SourceStatus>,
     sources: usize,
     halt: &Halt<'_>,
     on_frame: &mut dyn FnMut(&AnnotatedFrame),
@@ -772,7 +889,25 @@ fn feed_sink(
         sources: (0..sources).map(|_| SinkedSource::default()).collect(),
         time: Samples::default(),
     };
-    for frame in rx {
+    let fail = |e: SinkError| {
+        halt.set();
+        // Drain so the stage threads can finish.
+        rx.iter().for_each(drop);
+        PipelineError::from(e)
+    };
+    loop {
+        let frame = crossbeam_channel::select! {
+            recv(status_rx) -> status => {
+                if let Ok(status) = status {
+                    sink.status(&status).map_err(fail)?;
+                }
+                continue;
+            }
+            recv(rx) -> frame => match frame {
+                Ok(frame) => frame,
+                Err(_) => break,
+            },
+        };
         let timer = Timer::start();
         let control = sink.write(&frame);
         sinked.time.push(timer.ms());
@@ -785,13 +920,11 @@ fn feed_sink(
         match control {
             Ok(Control::Continue) => {}
             Ok(Control::Stop) => halt.set(),
-            Err(e) => {
-                halt.set();
-                // Drain so the stage threads can finish.
-                rx.iter().for_each(drop);
-                return Err(e.into());
-            }
+            Err(e) => return Err(fail(e)),
         }
+    }
+    for status in status_rx.try_iter() {
+        sink.status(&status).map_err(fail)?;
     }
     Ok(sinked)
 }

@@ -120,6 +120,10 @@ pub struct SourceReport {
     pub fps: f64,
     /// Capture-to-sink latency of this source's frames (ms).
     pub latency: StageStats,
+    /// Times this live source stopped delivering.
+    pub lost: u64,
+    /// Times it was reopened and delivered again.
+    pub reconnects: u64,
 }
 
 impl SourceReport {
@@ -141,6 +145,17 @@ impl SourceReport {
             frames_dropped,
             fps: per_second(frames_out, elapsed),
             latency,
+            lost: 0,
+            reconnects: 0,
+        }
+    }
+
+    /// The same report with the source's drop-out counts.
+    pub fn with_dropouts(self, lost: u64, reconnects: u64) -> Self {
+        Self {
+            lost,
+            reconnects,
+            ..self
         }
     }
 }
@@ -170,6 +185,10 @@ pub struct RunReport {
     pub frames_dropped: u64,
     /// Frames where a stage failed (the frame went on without faces).
     pub stage_errors: u64,
+    /// Times a live source stopped delivering, all sources together.
+    pub sources_lost: u64,
+    /// Times a lost live source was reopened, all sources together.
+    pub reconnects: u64,
     /// Times the gallery was read again because another process changed it.
     pub gallery_reloads: u64,
     /// Times the gallery's store stopped answering (recognition went on with the copy in
@@ -207,6 +226,8 @@ impl RunReport {
             frames_out,
             frames_dropped: sum(|s| s.frames_dropped),
             stage_errors,
+            sources_lost: sum(|s| s.lost),
+            reconnects: sum(|s| s.reconnects),
             gallery_reloads: 0,
             gallery_outages: 0,
             fps: per_second(frames_out, elapsed),
@@ -221,7 +242,7 @@ impl RunReport {
     pub fn table(&self) -> String {
         let mut out = format!(
             "{:?}: {} frames in {:.1} s = {:.1} fps; captured {}, dropped {}, stage errors {}; \
-             gallery reloads {}, outages {}\n",
+             sources lost {}, reconnected {}; gallery reloads {}, outages {}\n",
             self.pacing,
             self.frames_out,
             self.seconds,
@@ -229,6 +250,8 @@ impl RunReport {
             self.frames_captured,
             self.frames_dropped,
             self.stage_errors,
+            self.sources_lost,
+            self.reconnects,
             self.gallery_reloads,
             self.gallery_outages
         );

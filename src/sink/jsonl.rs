@@ -1,4 +1,5 @@
-//! JSON Lines: one object per frame, `{"source", "frame", "time_s", "dropped_before", "faces": [...]}`.
+//! JSON Lines: one object per frame, `{"source", "frame", "time_s", "dropped_before", "faces": [...]}`,
+//! and one `{"source_status": {...}}` per drop-out or reconnection of a live source.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Control, Sink, SinkError};
-use crate::types::{AnnotatedFrame, TrackedFace};
+use crate::types::{AnnotatedFrame, SourceStatus, TrackedFace};
 
 /// Writes one line per frame to a file (through a temporary file, renamed when finished).
 pub struct JsonlSink {
@@ -26,6 +27,12 @@ struct Line<'a> {
     faces: &'a [TrackedFace],
 }
 
+/// A live source's drop-out or reconnection, as its own line: `{"source_status": {...}}`.
+#[derive(Serialize)]
+struct StatusLine<'a> {
+    source_status: &'a SourceStatus,
+}
+
 impl JsonlSink {
     /// Creates the output (under [`partial_path`] until [`Sink::finish`]).
     pub fn create(path: &Path) -> Result<Self, SinkError> {
@@ -40,6 +47,15 @@ impl JsonlSink {
 
     fn error(&self, e: impl ToString) -> SinkError {
         SinkError::write(&self.path, e)
+    }
+
+    /// Writes one JSON object as one line, flushed whole so that a reader following the file
+    /// sees every line at once.
+    fn write_line(&mut self, value: &impl Serialize) -> Result<(), SinkError> {
+        let text = serde_json::to_string(value).map_err(|e| self.error(e))?;
+        let out = self.out.as_mut().expect("not finished");
+        writeln!(out, "{text}").map_err(|e| SinkError::write(&self.path, e))?;
+        out.flush().map_err(|e| self.error(e))
     }
 }
 
@@ -80,12 +96,14 @@ impl Sink for JsonlSink {
             dropped_before: frame.frame.dropped_before,
             faces: &frame.faces,
         };
-        let text = serde_json::to_string(&line).map_err(|e| self.error(e))?;
-        let out = self.out.as_mut().expect("not finished");
-        writeln!(out, "{text}").map_err(|e| SinkError::write(&self.path, e))?;
-        // Whole lines at once, so that a reader following the file sees every frame now.
-        out.flush().map_err(|e| self.error(e))?;
+        self.write_line(&line)?;
         Ok(Control::Continue)
+    }
+
+    fn status(&mut self, status: &SourceStatus) -> Result<(), SinkError> {
+        self.write_line(&StatusLine {
+            source_status: status,
+        })
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {

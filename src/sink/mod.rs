@@ -10,7 +10,7 @@ pub use window::WindowSink;
 
 use std::path::PathBuf;
 
-use crate::types::AnnotatedFrame;
+use crate::types::{AnnotatedFrame, SourceStatus};
 
 /// Why a sink failed; every variant names its file or window.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,11 @@ pub enum Control {
 pub trait Sink {
     /// Takes one frame.
     fn write(&mut self, frame: &AnnotatedFrame) -> Result<Control, SinkError>;
+    /// Takes a live source's drop-out or reconnection (sinks without a place for it ignore it).
+    fn status(&mut self, status: &SourceStatus) -> Result<(), SinkError> {
+        let _ = status;
+        Ok(())
+    }
     /// Flushes and closes the output so it is complete and readable.
     fn finish(&mut self) -> Result<(), SinkError>;
 }
@@ -72,6 +77,10 @@ impl Sink for Tee {
             }
         }
         Ok(control)
+    }
+
+    fn status(&mut self, status: &SourceStatus) -> Result<(), SinkError> {
+        self.0.iter_mut().try_for_each(|s| s.status(status))
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -55,6 +56,11 @@ pub struct VideoArgs {
     /// than sources are not started). Default: one per CPU core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     detect_workers: Option<u32>,
+    /// A network source (rtsp://, http(s)://) that delivers no frame for this many seconds
+    /// counts as lost; in live pacing it is then reopened with waits doubling from 1 s up to
+    /// 30 s, for as long as the command runs.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS", value_parser = parse_timeout)]
+    source_timeout: f64,
     #[command(flatten)]
     recognizer: RecognizerArgs,
 }
@@ -93,6 +99,10 @@ impl VideoArgs {
         asked.min(sources).max(1)
     }
 
+    fn source_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.source_timeout)
+    }
+
     fn config(&self, pacing: Pacing, loop_input: bool) -> PipelineConfig {
         PipelineConfig {
             pacing,
@@ -103,6 +113,7 @@ impl VideoArgs {
             max_frames: self.frames,
             loop_input,
             detect_every: self.detect_every,
+            source_timeout: self.source_timeout(),
             tracker: TrackerConfig {
                 embed_every: self.embed_every,
                 ..TrackerConfig::default()
@@ -114,7 +125,8 @@ impl VideoArgs {
 #[derive(Args)]
 #[command(mut_arg("max_side", |a| a.default_value("640")), mut_arg("min_face", |a| a.default_value("40")))]
 pub struct AnnotateArgs {
-    /// Video file (or folder of images) to annotate.
+    /// Video file, folder of images, or network stream (rtsp://, http(s):// — annotated until
+    /// the stream ends) to annotate.
     #[arg(value_name = "INPUT")]
     input: String,
     /// Annotated video to write (MP4, same size and frame rate as the input).
@@ -133,7 +145,8 @@ pub struct LiveArgs {
     /// Camera index to open.
     #[arg(long, value_name = "N", conflicts_with = "input")]
     camera: Option<u32>,
-    /// A video file played at its own frame rate instead of a camera (repeatable).
+    /// A video file played at its own frame rate, or a network camera (rtsp://…,
+    /// http(s)://… MJPEG, anything FFmpeg reads), instead of a local camera (repeatable).
     #[arg(long, value_name = "FILE")]
     input: Vec<String>,
     /// Camera resolution to ask for, e.g. 1280x720.
@@ -191,9 +204,9 @@ struct DecodeReport {
 }
 
 /// Reads every frame of `spec` (up to `max_frames`) and times it.
-fn decode_only(spec: &str, max_frames: Option<u64>) -> Result<DecodeReport> {
-    let started = std::time::Instant::now();
-    let mut source = open_source(spec, 0)?;
+fn decode_only(spec: &str, video: &VideoArgs) -> Result<DecodeReport> {
+    let (max_frames, started) = (video.frames, std::time::Instant::now());
+    let mut source = open_source(spec, 0, video.source_timeout())?;
     let mut frames = 0u64;
     while max_frames.is_none_or(|max| frames < max) && source.next_frame()?.is_some() {
         frames += 1;
@@ -227,8 +240,15 @@ fn ctrl_c_flag() -> Result<Arc<AtomicBool>> {
 }
 
 /// The frame rate of a source, read by opening it briefly.
-fn source_fps(spec: &str) -> Result<f64> {
-    Ok(open_source(spec, 0)?.fps())
+fn source_fps(spec: &str, video: &VideoArgs) -> Result<f64> {
+    Ok(open_source(spec, 0, video.source_timeout())?.fps())
+}
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 3600.0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds in (0, 3600]")),
+    }
 }
 
 /// The run's report, on stderr as a table or on stdout as JSON.
@@ -245,7 +265,7 @@ fn print_report(report: &RunReport, json: bool) -> Result<()> {
 pub fn annotate(args: &AnnotateArgs) -> Result<ExitCode> {
     let stages = args.video.stages(1)?;
     let config = args.video.config(Pacing::Offline, false);
-    let fps = source_fps(&args.input)?;
+    let fps = source_fps(&args.input, &args.video)?;
     let mut parts: Vec<Box<dyn Sink>> = vec![Box::new(VideoSink::create(&args.output, fps)?)];
     if let Some(path) = &args.jsonl {
         parts.push(Box::new(JsonlSink::create(path)?));
@@ -345,7 +365,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
         let reports = args
             .inputs
             .iter()
-            .map(|spec| decode_only(spec, args.video.frames))
+            .map(|spec| decode_only(spec, &args.video))
             .collect::<Result<Vec<_>>>()?;
         for r in &reports {
             eprintln!(
