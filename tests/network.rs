@@ -74,7 +74,24 @@ fn start_camera(frames: &Path, port: u16, once: bool) -> Camera {
     if once {
         command.arg("once");
     }
-    let mut child = command.stdout(Stdio::piped()).spawn().expect("python3");
+    launch(command)
+}
+
+/// Starts the RTSP camera (streaming the sample video) and waits until it listens.
+fn start_rtsp_camera(port: u16) -> Camera {
+    let mut command = Command::new(repo("tests/servers/rtsp_server.py"));
+    command
+        .arg(repo("samples/obama_weekly_address.mp4"))
+        .arg(port.to_string());
+    launch(command)
+}
+
+/// Runs a camera server and waits for its "ready PID" line.
+fn launch(mut command: Command) -> Camera {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the camera server (its packages are installed by scripts/setup)");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -123,14 +140,35 @@ fn is_obama(line: &Value) -> bool {
 }
 
 #[test]
-fn a_camera_that_drops_out_is_reopened_and_recognised_again() {
+fn an_mjpeg_camera_that_drops_out_is_reopened_and_recognised_again() {
     let dir = tempfile::tempdir().unwrap();
     let frames = dir.path().join("frames");
     std::fs::create_dir(&frames).unwrap();
     sample_jpegs(&frames, 100);
     let port = free_port();
-    let jsonl = dir.path().join("net.jsonl");
-    let camera = start_camera(&frames, port, false);
+    drop_out_and_back(
+        dir.path(),
+        &format!("http://127.0.0.1:{port}/camera.mjpeg"),
+        || start_camera(&frames, port, false),
+    );
+}
+
+#[test]
+fn an_rtsp_camera_that_drops_out_is_reopened_and_recognised_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    drop_out_and_back(
+        dir.path(),
+        &format!("rtsp://127.0.0.1:{port}/camera"),
+        || start_rtsp_camera(port),
+    );
+}
+
+/// Runs `live` on the camera at `url`, kills the camera after 50 frames, starts it again 3 s
+/// later, and checks the drop-out's timeline and the labels after it.
+fn drop_out_and_back(dir: &Path, url: &str, start: impl Fn() -> Camera) {
+    let jsonl = dir.join("net.jsonl");
+    let camera = start();
     let carivis = Command::new(env!("CARGO_BIN_EXE_carivis"))
         .args([
             "live",
@@ -143,7 +181,7 @@ fn a_camera_that_drops_out_is_reopened_and_recognised_again() {
         ])
         .arg("--gallery")
         .arg(repo("galleries/demo"))
-        .args(["--input", &format!("http://127.0.0.1:{port}/camera.mjpeg")])
+        .args(["--input", url])
         .arg("--jsonl")
         .arg(&jsonl)
         .stdout(Stdio::piped())
@@ -151,12 +189,12 @@ fn a_camera_that_drops_out_is_reopened_and_recognised_again() {
         .spawn()
         .unwrap();
     // JSON Lines are written to `net.partial.jsonl` until the run ends.
-    let partial = dir.path().join("net.partial.jsonl");
+    let partial = dir.join("net.partial.jsonl");
     wait_for_lines(&partial, Duration::from_secs(60), |l| l.len() >= 50);
     camera.kill();
     let killed = unix_now();
     std::thread::sleep(Duration::from_secs(3));
-    let camera = start_camera(&frames, port, false);
+    let camera = start();
     let restarted = unix_now();
     let out = carivis.wait_with_output().unwrap();
     camera.kill();
