@@ -192,6 +192,40 @@ pub struct Frame {
     pub dropped_before: u64,
 }
 
+/// Something that happened to a run's inputs besides frames; JSON Lines writes each as its own
+/// line, `{"source_status": {...}}` or `{"gallery_status": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEvent {
+    /// A live source was lost or came back.
+    SourceStatus(SourceStatus),
+    /// The gallery's store stopped answering, or answered again.
+    GalleryStatus(GalleryStatus),
+}
+
+/// The gallery's store (another process's folder, a PostgreSQL server) stopped answering
+/// (matching goes on with the copy in memory) or answered again.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GalleryStatus {
+    /// Where the gallery lives (credentials hidden).
+    pub location: String,
+    /// Seconds since the run started.
+    pub time_s: f64,
+    /// When, in seconds since the Unix epoch.
+    pub unix_time: f64,
+    /// `lost` when it stopped answering, `reconnected` when it answers again.
+    pub status: ConnectionState,
+    /// Why it does not answer.
+    pub reason: Option<String>,
+}
+
+/// Seconds since the Unix epoch now (0 on a clock set before 1970).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// A live source's connection changed: it stopped delivering frames, or came back.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SourceStatus {
@@ -211,13 +245,14 @@ pub struct SourceStatus {
     pub attempts: u32,
 }
 
-/// The kinds of [`SourceStatus`].
+/// The kinds of [`SourceStatus`] and [`GalleryStatus`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionState {
-    /// Stopped delivering frames (failed, ended, or nothing for the timeout).
+    /// Stopped delivering frames (failed, ended, or nothing for the timeout), or stopped
+    /// answering.
     Lost,
-    /// Reopened and delivering again.
+    /// Reopened and delivering again, or answering again.
     Reconnected,
 }
 

@@ -634,6 +634,19 @@ fn an_annotation_survives_a_database_outage_and_follows_it_again() {
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
     assert!(report.contains("outages 1"), "{report}");
+    let written = std::fs::read_to_string(annotation.dir.path().join("out.jsonl")).unwrap();
+    let statuses: Vec<serde_json::Value> = written
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|l| l.get("gallery_status").cloned())
+        .collect();
+    eprintln!("gallery status lines: {statuses:?}");
+    let states: Vec<&str> = statuses
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["lost", "reconnected"]);
+    assert!(!statuses[0]["location"].as_str().unwrap().contains(PASSWORD));
     assert!(
         report.contains("matching goes on with the gallery in memory"),
         "{report}"

@@ -34,7 +34,8 @@ use crate::render::{Status, draw};
 use crate::sink::{Control, Sink, SinkError};
 use crate::track::{Evidence, Link, Linker, Observation, Tracker, TrackerConfig};
 use crate::types::{
-    AnnotatedFrame, ConnectionState, Embedding, Face, Frame, Modality, RgbImage, SourceStatus,
+    AnnotatedFrame, ConnectionState, Embedding, Face, Frame, GalleryStatus, Modality, RgbImage,
+    RunEvent, SourceStatus, unix_now,
 };
 use queues::{FrameQueues, Work};
 use stats::{Samples, Timer};
@@ -224,16 +225,32 @@ type SharedGallery = std::sync::RwLock<Arc<Gallery>>;
 /// Keeps `shared` up to date with its store until the run halts: polls every
 /// [`FOLLOW_INTERVAL`]; while the store does not answer, matching goes on with the copy in
 /// memory, the outage is counted and logged once, and retries back off up to
-/// [`FOLLOW_MAX_BACKOFF`].
-fn follow_stage(shared: &SharedGallery, halt: &Halt, counters: &Counters) {
+/// [`FOLLOW_MAX_BACKOFF`]. Each outage and its end go to the sink as a [`GalleryStatus`].
+fn follow_stage(
+    shared: &SharedGallery,
+    halt: &Halt,
+    counters: &Counters,
+    events: &Sender<RunEvent>,
+    started: Instant,
+) {
     let mut wait = FOLLOW_INTERVAL;
     let mut out = false;
+    let announce = |gallery: &Gallery, status, reason| {
+        let _ = events.send(RunEvent::GalleryStatus(GalleryStatus {
+            location: gallery.location().to_string(),
+            time_s: started.elapsed().as_secs_f64(),
+            unix_time: unix_now(),
+            status,
+            reason,
+        }));
+    };
     while sleep_unless_halted(wait, halt) {
         let current = Arc::clone(&shared.read().unwrap_or_else(|p| p.into_inner()));
         match current.reread_if_changed() {
             Ok(changed) => {
                 if out {
                     tracing::info!("gallery {} answers again", current.location());
+                    announce(&current, ConnectionState::Reconnected, None);
                     out = false;
                 }
                 wait = FOLLOW_INTERVAL;
@@ -253,6 +270,7 @@ fn follow_stage(shared: &SharedGallery, halt: &Halt, counters: &Counters) {
                 if !out {
                     counters.gallery_outages.fetch_add(1, Ordering::SeqCst);
                     tracing::warn!("{e}; matching goes on with the gallery in memory");
+                    announce(&current, ConnectionState::Lost, Some(e.to_string()));
                     out = true;
                 }
                 wait = (wait * 2).min(FOLLOW_MAX_BACKOFF);
@@ -321,7 +339,7 @@ pub fn run(
     };
     let (halt, frames, counters, aligner) = (&halt, &frames, &counters, &aligner);
     // Kept open here until the sink is done, so the sink's wait on it never sees it closed.
-    let (status_tx, status_rx) = crossbeam_channel::unbounded::<SourceStatus>();
+    let (status_tx, status_rx) = crossbeam_channel::unbounded::<RunEvent>();
     std::thread::scope(|scope| {
         let (open_tx, open_rx) = bounded::<Result<SourceInfo, CaptureError>>(sources.len());
         let captures: Vec<_> = sources
@@ -354,7 +372,9 @@ pub fn run(
         on_open(&infos);
         let names: Vec<String> = infos.iter().map(|i| i.name.clone()).collect();
         let gallery = shared.as_ref();
-        let follow = gallery.map(|g| scope.spawn(move || follow_stage(g, halt, counters)));
+        let events = &status_tx;
+        let follow =
+            gallery.map(|g| scope.spawn(move || follow_stage(g, halt, counters, events, started)));
         // Each stage owns its senders, so when every worker of a stage has finished its output
         // closes and the next stage drains and ends.
         let workers: Vec<_> = detectors
@@ -504,7 +524,7 @@ fn collect_opened(
 struct CaptureLinks<'a> {
     frames: &'a FrameQueues<SourceState>,
     opened: Sender<Result<SourceInfo, CaptureError>>,
-    status: Sender<SourceStatus>,
+    status: Sender<RunEvent>,
     halt: &'a Halt<'a>,
     counters: &'a Counters,
     started: Instant,
@@ -612,17 +632,15 @@ fn reopen(
     let counted = &links.counters.sources[source];
     counted.lost.fetch_add(1, Ordering::SeqCst);
     let announce = |status, reason: Option<String>, attempts| {
-        let _ = links.status.send(SourceStatus {
+        let _ = links.status.send(RunEvent::SourceStatus(SourceStatus {
             source,
             name: name.to_string(),
             time_s: links.started.elapsed().as_secs_f64(),
-            unix_time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
+            unix_time: unix_now(),
             status,
             reason,
             attempts,
-        });
+        }));
     };
     announce(ConnectionState::Lost, Some(reason), 0);
     let mut wait = RECONNECT_FIRST_WAIT;
@@ -880,7 +898,7 @@ struct Sinked {
 fn feed_sink(
     sink: &mut dyn Sink,
     rx: &Receiver<AnnotatedFrame>,
-    status_rx: &Receiver<SourceStatus>,
+    status_rx: &Receiver<RunEvent>,
     sources: usize,
     halt: &Halt<'_>,
     on_frame: &mut dyn FnMut(&AnnotatedFrame),
@@ -898,8 +916,8 @@ fn feed_sink(
     loop {
         let frame = crossbeam_channel::select! {
             recv(status_rx) -> status => {
-                if let Ok(status) = status {
-                    sink.status(&status).map_err(fail)?;
+                if let Ok(event) = status {
+                    sink.event(&event).map_err(fail)?;
                 }
                 continue;
             }
@@ -923,8 +941,8 @@ fn feed_sink(
             Err(e) => return Err(fail(e)),
         }
     }
-    for status in status_rx.try_iter() {
-        sink.status(&status).map_err(fail)?;
+    for event in status_rx.try_iter() {
+        sink.event(&event).map_err(fail)?;
     }
     Ok(sinked)
 }

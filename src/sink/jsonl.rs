@@ -1,5 +1,6 @@
 //! JSON Lines: one object per frame, `{"source", "frame", "time_s", "dropped_before", "faces": [...]}`,
-//! and one `{"source_status": {...}}` per drop-out or reconnection of a live source.
+//! and one `{"source_status": {...}}` or `{"gallery_status": {...}}` per drop-out or
+//! reconnection of a live source or of the gallery's store.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Control, Sink, SinkError};
-use crate::types::{AnnotatedFrame, SourceStatus, TrackedFace};
+use crate::types::{AnnotatedFrame, RunEvent, TrackedFace};
 
 /// Writes one line per frame to a file (through a temporary file, renamed when finished).
 pub struct JsonlSink {
@@ -25,12 +26,6 @@ struct Line<'a> {
     /// Frames of this source dropped since its previous line (live pacing).
     dropped_before: u64,
     faces: &'a [TrackedFace],
-}
-
-/// A live source's drop-out or reconnection, as its own line: `{"source_status": {...}}`.
-#[derive(Serialize)]
-struct StatusLine<'a> {
-    source_status: &'a SourceStatus,
 }
 
 impl JsonlSink {
@@ -100,10 +95,8 @@ impl Sink for JsonlSink {
         Ok(Control::Continue)
     }
 
-    fn status(&mut self, status: &SourceStatus) -> Result<(), SinkError> {
-        self.write_line(&StatusLine {
-            source_status: status,
-        })
+    fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
+        self.write_line(event)
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {

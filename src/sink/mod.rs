@@ -10,7 +10,7 @@ pub use window::WindowSink;
 
 use std::path::PathBuf;
 
-use crate::types::{AnnotatedFrame, SourceStatus};
+use crate::types::{AnnotatedFrame, RunEvent};
 
 /// Why a sink failed; every variant names its file or window.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +56,10 @@ pub enum Control {
 pub trait Sink {
     /// Takes one frame.
     fn write(&mut self, frame: &AnnotatedFrame) -> Result<Control, SinkError>;
-    /// Takes a live source's drop-out or reconnection (sinks without a place for it ignore it).
-    fn status(&mut self, status: &SourceStatus) -> Result<(), SinkError> {
-        let _ = status;
+    /// Takes a source's or the gallery's drop-out or reconnection (sinks without a place for
+    /// it ignore it).
+    fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
+        let _ = event;
         Ok(())
     }
     /// Flushes and closes the output so it is complete and readable.
@@ -79,8 +80,8 @@ impl Sink for Tee {
         Ok(control)
     }
 
-    fn status(&mut self, status: &SourceStatus) -> Result<(), SinkError> {
-        self.0.iter_mut().try_for_each(|s| s.status(status))
+    fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
+        self.0.iter_mut().try_for_each(|s| s.event(event))
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
