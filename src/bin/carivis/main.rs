@@ -1,6 +1,7 @@
 //! The `carivis` command line: parses arguments, calls the library, prints. No logic of its own.
 
 mod args;
+mod caricature;
 mod cli_enum;
 mod eval;
 mod gallery;
@@ -66,6 +67,8 @@ enum Command {
     Bench(video::BenchArgs),
     /// List the cameras found.
     Cameras,
+    /// Write synthetic caricatures of photos: the face's shape exaggerated, optionally cartoon-styled.
+    Caricature(caricature::CaricatureArgs),
     /// Measure accuracy on labelled data: verification pairs, identification.
     Eval {
         #[command(subcommand)]
@@ -150,6 +153,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Live(args) => video::live(&args),
         Command::Bench(args) => video::bench(&args),
         Command::Cameras => video::cameras(),
+        Command::Caricature(args) => caricature::run(&args),
         Command::Eval { command } => eval::run(command),
     }
 }
