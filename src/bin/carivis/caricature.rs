@@ -29,12 +29,7 @@ crate::cli_enum! {
     }
 }
 
-/// Writes caricatures of photos: the largest face in each image is found, the offsets of its
-/// five landmarks (eyes, nose tip, mouth corners) from the mean face are multiplied by
-/// --strength, and the image is warped to match by a thin-plate spline that keeps the image
-/// border in place. Each caricature is written as DIR/STEM_caricature.png (STEM: the input's
-/// file name without its extension), replacing any earlier one. An image that cannot be read
-/// or has no face is reported and skipped; the exit status is 1 if any was.
+/// The options of `carivis caricature` (its help text is on the command in main.rs).
 #[derive(Args)]
 pub struct CaricatureArgs {
     /// Photos to caricature.

@@ -68,6 +68,13 @@ enum Command {
     /// List the cameras found.
     Cameras,
     /// Write synthetic caricatures of photos: the face's shape exaggerated, optionally cartoon-styled.
+    ///
+    /// The largest face in each image is found, the offsets of its five landmarks (eyes, nose
+    /// tip, mouth corners) from the mean face are multiplied by --strength, and the image is
+    /// warped to match by a thin-plate spline that keeps the image border in place. Each
+    /// caricature is written as DIR/STEM_caricature.png (STEM: the input's file name without
+    /// its extension), replacing any earlier one. An image that cannot be read or has no face
+    /// is reported and skipped; the exit status is 1 if any was.
     Caricature(caricature::CaricatureArgs),
     /// Measure accuracy on labelled data: verification pairs, identification.
     Eval {
