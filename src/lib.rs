@@ -6,6 +6,7 @@
 
 pub mod align;
 pub mod capture;
+pub mod caricature;
 pub mod cv;
 pub mod detect;
 pub mod embed;

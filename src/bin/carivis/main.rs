@@ -1,6 +1,7 @@
 //! The `carivis` command line: parses arguments, calls the library, prints. No logic of its own.
 
 mod args;
+mod caricature;
 mod cli_enum;
 mod eval;
 mod gallery;
@@ -66,6 +67,15 @@ enum Command {
     Bench(video::BenchArgs),
     /// List the cameras found.
     Cameras,
+    /// Write synthetic caricatures of photos: the face's shape exaggerated, optionally cartoon-styled.
+    ///
+    /// The largest face in each image is found, the offsets of its five landmarks (eyes, nose
+    /// tip, mouth corners) from the mean face are multiplied by --strength, and the image is
+    /// warped to match by a thin-plate spline that keeps the image border in place. Each
+    /// caricature is written as DIR/STEM_caricature.png (STEM: the input's file name without
+    /// its extension), replacing any earlier one. An image that cannot be read or has no face
+    /// is reported and skipped; the exit status is 1 if any was.
+    Caricature(caricature::CaricatureArgs),
     /// Measure accuracy on labelled data: verification pairs, identification.
     Eval {
         #[command(subcommand)]
@@ -150,6 +160,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Live(args) => video::live(&args),
         Command::Bench(args) => video::bench(&args),
         Command::Cameras => video::cameras(),
+        Command::Caricature(args) => caricature::run(&args),
         Command::Eval { command } => eval::run(command),
     }
 }
