@@ -56,7 +56,7 @@ fn main() {
         model.counts.len(),
         faces_model.file
     );
-    let server = config.pg.then(|| pg_server()).flatten();
+    let server = config.pg.then(pg_server).flatten();
     let mut rows = Vec::new();
     for &size in &config.sizes {
         let set = VectorSet::make(size, config.queries, &real, &model);

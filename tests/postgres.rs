@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::pg::{PASSWORD, PgServer, output, text_of};
-use common::{CHIP_BORDER, add_chip, astronaut_chip, data_dir, repo_file, skip};
+use common::{CHIP_BORDER, add_chip, astronaut_chip, data_dir, repo_file};
 
 fn carivis() -> Command {
     Command::new(env!("CARGO_BIN_EXE_carivis"))
