@@ -13,7 +13,8 @@
 //!
 //! Settings (environment): `GALLERY_SCALE_SIZES` (default `10000,100000,1000000`),
 //! `GALLERY_SCALE_QUERIES` (1000), `GALLERY_SCALE_EF` (hnsw_rs ef_search values, `32,64,128,256`),
-//! `GALLERY_SCALE_M` / `GALLERY_SCALE_EFC` (hnsw_rs build, 16 / 200), `GALLERY_SCALE_PG=0` (no
+//! `GALLERY_SCALE_M` / `GALLERY_SCALE_EFC` (hnsw_rs build, 16 / 200), `GALLERY_SCALE_HNSW=0`
+//! (exact search only in memory), `GALLERY_SCALE_PG=0` (no
 //! database), `GALLERY_SCALE_PG_EF` (`hnsw.ef_search` values, `40,100,200,400`),
 //! `GALLERY_SCALE_PG_M` / `GALLERY_SCALE_PG_EFC` (pgvector build, 16 / 64),
 //! `GALLERY_SCALE_OUT` (report folder, `target/gallery_scale`). Skips without the face data or
@@ -84,6 +85,7 @@ struct Config {
     queries: usize,
     hnsw: HnswParams,
     ef: Vec<usize>,
+    graph: bool,
     pg: bool,
     pg_m: usize,
     pg_ef_construction: usize,
@@ -103,7 +105,8 @@ impl Config {
                 ef_search: 64,
             },
             ef: list("GALLERY_SCALE_EF", "32,64,128,256"),
-            pg: std::env::var("GALLERY_SCALE_PG").map_or(true, |v| v != "0"),
+            graph: flag("GALLERY_SCALE_HNSW"),
+            pg: flag("GALLERY_SCALE_PG"),
             pg_m: one("GALLERY_SCALE_PG_M", 16),
             pg_ef_construction: one("GALLERY_SCALE_PG_EFC", 64),
             pg_ef: list("GALLERY_SCALE_PG_EF", "40,100,200,400"),
@@ -112,6 +115,11 @@ impl Config {
                 .unwrap_or_else(|| common::repo_file("target/gallery_scale")),
         }
     }
+}
+
+/// Whether the environment variable `name` is not `0` (unset: yes).
+fn flag(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v != "0")
 }
 
 /// A comma-separated list of numbers from the environment variable `name`, else `default`.
@@ -535,8 +543,8 @@ impl Series {
     }
 }
 
-/// The folder gallery's exact search and its HNSW index at every ef_search; the exact
-/// answers for the other backends' recall.
+/// The folder gallery's exact search and its HNSW index at every ef_search (printed at once);
+/// the exact answers for the other backends' recall.
 fn measure_in_memory(
     set: &VectorSet,
     folder: &FolderGallery,
@@ -546,32 +554,16 @@ fn measure_in_memory(
     let before = rss_mb();
     let copy = set.vectors.clone();
     let exact_mb = rss_mb() - before;
+    if !config.graph {
+        let index = Index::exact(copy, config.hnsw);
+        return exact_rows(set, &index, exact_mb, disk);
+    }
     let started = Instant::now();
     let mut index = Index::build_graph(copy, config.hnsw);
     let build_s = started.elapsed().as_secs_f64();
     let graph_mb = rss_mb() - before;
     println!("in-memory HNSW index built in {build_s:.1} s");
-    let exact = Series::run(&set.queries, |q| index.exact_search(q, K));
-    let top: Vec<f32> = exact.answers.iter().map(|a| a[0].similarity).collect();
-    println!(
-        "queries' exact nearest entry: mean similarity {:.3}, 10th most similar {:.3}",
-        top.iter().sum::<f32>() / top.len() as f32,
-        exact
-            .answers
-            .iter()
-            .map(|a| a[K - 1].similarity)
-            .sum::<f32>()
-            / top.len() as f32
-    );
-    let mut rows = vec![exact.row(
-        set,
-        &exact,
-        "folder exact",
-        "-".into(),
-        None,
-        Some(exact_mb),
-        disk,
-    )];
+    let (mut rows, exact) = exact_rows(set, &index, exact_mb, disk);
     for &ef in &config.ef {
         index.set_ef_search(ef);
         let series = Series::run(&set.queries, |q| index.search(q, K));
@@ -589,7 +581,39 @@ fn measure_in_memory(
             disk,
         ));
     }
+    print_rows(&rows);
     (rows, exact)
+}
+
+/// Exact search's row and answers.
+fn exact_rows(set: &VectorSet, index: &Index, memory_mb: f64, disk: f64) -> (Vec<Row>, Series) {
+    let exact = Series::run(&set.queries, |q| index.exact_search(q, K));
+    let mean = |rank: usize| {
+        exact
+            .answers
+            .iter()
+            .map(|a| a[rank].similarity)
+            .sum::<f32>()
+            / exact.answers.len() as f32
+    };
+    println!(
+        "queries' exact nearest entry: mean similarity {:.3}, 10th most similar {:.3}",
+        mean(0),
+        mean(K - 1)
+    );
+    let row = exact.row(
+        set,
+        &exact,
+        "folder exact",
+        "-".into(),
+        None,
+        Some(memory_mb),
+        disk,
+    );
+    if !index.has_graph() {
+        print_rows(std::slice::from_ref(&row));
+    }
+    (vec![row], exact)
 }
 
 /// A server for the benchmark: buffers that hold a million-entry index, room for the WAL of
