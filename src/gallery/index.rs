@@ -1,5 +1,5 @@
-//! Nearest-neighbour search over unit vectors: an HNSW graph (`hnsw_rs`) and the exact search
-//! it is checked against.
+//! Nearest-neighbour search over unit vectors: an HNSW graph (`hnsw_rs`) for large sets and
+//! exact search below [`EXACT_SEARCH_BELOW`] vectors, where it is the faster of the two.
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,11 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// `hnsw_rs` keeps at most 16 layers (and its dump format requires exactly 16).
 const MAX_LAYERS: usize = 16;
 
+/// Sets of fewer vectors than this are searched exactly, without a graph: measured with
+/// `cargo bench --bench gallery_scale` on this project's 2-core VM (128-d vectors, k = 10),
+/// exact search was faster than an HNSW query below this size; see README, "Many machines".
+pub const EXACT_SEARCH_BELOW: usize = 20_000;
+
 /// One neighbour: the row it was built from and its cosine similarity to the query.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hit {
@@ -54,16 +59,42 @@ pub struct Hit {
     pub similarity: f32,
 }
 
-/// An HNSW index over a fixed set of unit vectors of one dimension.
+/// A nearest-neighbour index over a fixed set of unit vectors of one dimension: an HNSW graph
+/// from [`EXACT_SEARCH_BELOW`] vectors on, exact search below.
 pub struct Index {
-    graph: Hnsw<'static, f32, UnitDotDistance>,
+    graph: Option<Hnsw<'static, f32, UnitDotDistance>>,
     vectors: Vec<Vec<f32>>,
     params: HnswParams,
 }
 
 impl Index {
-    /// Builds the index over `vectors` (all of the same length, unit norm).
+    /// Builds the index over `vectors` (all of the same length, unit norm): with a graph when
+    /// [`Index::uses_graph`] says so for their number.
     pub fn build(vectors: Vec<Vec<f32>>, params: HnswParams) -> Self {
+        if Self::uses_graph(vectors.len()) {
+            Self::build_graph(vectors, params)
+        } else {
+            Self::exact(vectors, params)
+        }
+    }
+
+    /// The index without a graph whatever the number of vectors: every search is exact.
+    pub fn exact(vectors: Vec<Vec<f32>>, params: HnswParams) -> Self {
+        Self {
+            graph: None,
+            vectors,
+            params,
+        }
+    }
+
+    /// Whether [`Index::build`] makes a graph for `len` vectors: from [`EXACT_SEARCH_BELOW`] on.
+    pub fn uses_graph(len: usize) -> bool {
+        len >= EXACT_SEARCH_BELOW
+    }
+
+    /// Builds the index with an HNSW graph whatever the number of vectors, inserting on all
+    /// cores (rayon's pool).
+    pub fn build_graph(vectors: Vec<Vec<f32>>, params: HnswParams) -> Self {
         let graph = Hnsw::new(
             params.max_connections,
             vectors.len().max(1),
@@ -71,14 +102,27 @@ impl Index {
             params.ef_construction,
             UnitDotDistance,
         );
-        for (row, v) in vectors.iter().enumerate() {
-            graph.insert_slice((v.as_slice(), row));
-        }
+        let rows: Vec<(&[f32], usize)> = vectors
+            .iter()
+            .enumerate()
+            .map(|(row, v)| (v.as_slice(), row))
+            .collect();
+        graph.parallel_insert_slice(&rows);
         Self {
-            graph,
+            graph: Some(graph),
             vectors,
             params,
         }
+    }
+
+    /// Whether searches go through an HNSW graph (otherwise they are exact).
+    pub fn has_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Changes the candidate list size of later graph searches.
+    pub fn set_ef_search(&mut self, ef_search: usize) {
+        self.params.ef_search = ef_search;
     }
 
     /// Number of vectors indexed.
@@ -96,16 +140,19 @@ impl Index {
         self.vectors.first().map_or(0, Vec::len)
     }
 
-    /// The `k` approximate nearest neighbours, most similar first. The query must have the
-    /// index's dimension (`hnsw_rs` panics otherwise; callers validate).
+    /// The `k` nearest neighbours, most similar first: approximate through the graph, exact
+    /// without one. The query must have the index's dimension (`hnsw_rs` panics otherwise;
+    /// callers validate).
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+        let Some(graph) = &self.graph else {
+            return self.exact_search(query, k);
+        };
         if self.is_empty() || k == 0 {
             return Vec::new();
         }
         debug_assert_eq!(query.len(), self.dim());
         let ef = self.params.ef_search.max(k);
-        let mut hits: Vec<Hit> = self
-            .graph
+        let mut hits: Vec<Hit> = graph
             .search(query, k.min(self.len()), ef)
             .into_iter()
             .map(|n| Hit {
@@ -159,7 +206,7 @@ mod tests {
         let vectors: Vec<Vec<f32>> = (0..500)
             .map(|_| unit((0..32).map(|_| next()).collect()))
             .collect();
-        let index = Index::build(vectors.clone(), HnswParams::default());
+        let index = Index::build_graph(vectors.clone(), HnswParams::default());
         let agree = vectors
             .iter()
             .take(100)
@@ -173,5 +220,32 @@ mod tests {
     fn an_empty_index_returns_nothing() {
         let index = Index::build(Vec::new(), HnswParams::default());
         assert!(index.search(&[1.0, 0.0], 3).is_empty());
+        let graph = Index::build_graph(Vec::new(), HnswParams::default());
+        assert!(graph.search(&[1.0, 0.0], 3).is_empty());
+    }
+
+    #[test]
+    fn small_sets_are_searched_exactly_and_large_ones_through_a_graph() {
+        let circle = |n: usize| -> Vec<Vec<f32>> {
+            (0..n)
+                .map(|i| {
+                    let a = i as f32 * std::f32::consts::TAU / n as f32;
+                    vec![a.cos(), a.sin()]
+                })
+                .collect()
+        };
+        let cheap = HnswParams {
+            max_connections: 4,
+            ef_construction: 8,
+            ef_search: 8,
+        };
+        let small = Index::build(circle(EXACT_SEARCH_BELOW - 1), cheap);
+        assert!(!small.has_graph());
+        let query = [1.0, 0.001];
+        assert_eq!(small.search(&query, 3), small.exact_search(&query, 3));
+        let large = Index::build(circle(EXACT_SEARCH_BELOW), cheap);
+        assert!(large.has_graph());
+        let found = large.search(&query, 1)[0].similarity;
+        assert!(found > 0.9999, "{found}");
     }
 }
