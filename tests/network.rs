@@ -6,15 +6,19 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use carivis::types::unix_now;
 use common::repo_file as repo;
 use serde_json::Value;
 
-/// Frames of the sample video as JPEG files, the camera's picture.
-fn sample_jpegs(dir: &Path, frames: u32) {
+/// The first `frames` frames of the sample video as JPEG files in `dir/frames`, the camera's
+/// picture; returns that folder.
+fn sample_jpegs(dir: &Path, frames: u32) -> PathBuf {
+    let folder = dir.join("frames");
+    std::fs::create_dir(&folder).unwrap();
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(repo("samples/obama_weekly_address.mp4"))
@@ -26,10 +30,11 @@ fn sample_jpegs(dir: &Path, frames: u32) {
             "-q:v",
             "5",
         ])
-        .arg(dir.join("%04d.jpg"))
+        .arg(folder.join("%04d.jpg"))
         .status()
         .expect("ffmpeg (installed by scripts/setup)");
     assert!(status.success());
+    folder
 }
 
 /// A free loopback port (bound and released; the server binds it right after).
@@ -128,13 +133,6 @@ fn wait_for_lines(path: &Path, limit: Duration, done: impl Fn(&[Value]) -> bool)
     }
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 fn is_obama(line: &Value) -> bool {
     line["faces"][0]["identity"] == "Barack Obama"
 }
@@ -142,9 +140,7 @@ fn is_obama(line: &Value) -> bool {
 #[test]
 fn an_mjpeg_camera_that_drops_out_is_reopened_and_recognised_again() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = dir.path().join("frames");
-    std::fs::create_dir(&frames).unwrap();
-    sample_jpegs(&frames, 100);
+    let frames = sample_jpegs(dir.path(), 100);
     let port = free_port();
     drop_out_and_back(
         dir.path(),
@@ -281,9 +277,7 @@ fn drop_out_and_back(dir: &Path, url: &str, start: impl Fn() -> Camera) {
 #[test]
 fn a_camera_that_stalls_is_lost_after_the_source_timeout_and_reopened() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = dir.path().join("frames");
-    std::fs::create_dir(&frames).unwrap();
-    sample_jpegs(&frames, 50);
+    let frames = sample_jpegs(dir.path(), 50);
     let port = free_port();
     let jsonl = dir.path().join("stall.jsonl");
     let camera = start_camera(&frames, port, false);
@@ -335,9 +329,7 @@ fn a_camera_that_stalls_is_lost_after_the_source_timeout_and_reopened() {
 #[test]
 fn annotating_a_network_stream_ends_when_the_stream_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = dir.path().join("frames");
-    std::fs::create_dir(&frames).unwrap();
-    sample_jpegs(&frames, 60);
+    let frames = sample_jpegs(dir.path(), 60);
     let port = free_port();
     let camera = start_camera(&frames, port, true);
     let (video, jsonl) = (dir.path().join("out.mp4"), dir.path().join("out.jsonl"));
