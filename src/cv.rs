@@ -93,6 +93,19 @@ fn bytemuck_pixels(bytes: &[u8]) -> &[Vec3b] {
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<Vec3b>(), bytes.len() / 3) }
 }
 
+/// Encodes an image as JPEG at `quality` (1–100) with OpenCV (libjpeg-turbo): the live view's
+/// frames.
+pub fn encode_jpeg(image: &RgbImage, quality: i32) -> opencv::Result<Vec<u8>> {
+    let bgr = rgb_to_bgr_mat(image)?;
+    let mut out = opencv::core::Vector::<u8>::new();
+    let params = opencv::core::Vector::<i32>::from_slice(&[
+        opencv::imgcodecs::IMWRITE_JPEG_QUALITY,
+        quality.clamp(1, 100),
+    ]);
+    opencv::imgcodecs::imencode(".jpg", &bgr, &mut out, &params)?;
+    Ok(out.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

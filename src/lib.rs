@@ -19,6 +19,7 @@ pub mod models;
 pub mod pipeline;
 pub mod render;
 pub mod runtime;
+pub mod serve;
 pub mod sink;
 pub mod track;
 pub mod train;

@@ -27,8 +27,9 @@ pub enum ImageError {
         /// What the decoder said.
         reason: String,
     },
-    /// The image is larger than [`MAX_IMAGE_PIXELS`].
-    #[error("{path}: image is {width}×{height} px, larger than the {MAX_IMAGE_PIXELS}-pixel limit")]
+    /// The image has more pixels than the limit ([`MAX_IMAGE_PIXELS`] unless the caller set
+    /// another).
+    #[error("{path}: image is {width}×{height} px, larger than the {limit}-pixel limit")]
     TooLarge {
         /// The image file.
         path: PathBuf,
@@ -36,6 +37,8 @@ pub enum ImageError {
         width: u32,
         /// Height in pixels.
         height: u32,
+        /// The limit it exceeds, in pixels.
+        limit: u64,
     },
     /// The image has no pixels to look at.
     #[error("{path}: image is {width}×{height} px, too small to hold a face")]
@@ -64,6 +67,16 @@ pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
 
 /// Decodes the bytes of an image file as [`load_image`] does; `path` names the image in errors.
 pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
+    decode_image_within(bytes, path, MAX_IMAGE_PIXELS)
+}
+
+/// [`decode_image`] with another pixel limit (`max_pixels`), checked on the header before
+/// any pixel is decoded (the HTTP service's per-request cap).
+pub fn decode_image_within(
+    bytes: &[u8],
+    path: &Path,
+    max_pixels: u64,
+) -> Result<RgbImage, ImageError> {
     let decode = |reason: String| ImageError::Decode {
         path: path.to_path_buf(),
         reason,
@@ -86,6 +99,7 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
                 path,
                 width,
                 height,
+                limit: max_pixels,
             }
         } else {
             ImageError::TooSmall {
@@ -95,7 +109,7 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
             }
         }
     };
-    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+    if u64::from(width) * u64::from(height) > max_pixels {
         return Err(size_error(true));
     }
     if width < MIN_SIDE || height < MIN_SIDE {

@@ -6,10 +6,10 @@ mod video;
 
 pub use camera::{CameraSource, list_cameras};
 pub use images::{
-    IMAGE_EXTENSIONS, ImageError, ImageSequence, MAX_IMAGE_PIXELS, decode_image, images_in,
-    load_image,
+    IMAGE_EXTENSIONS, ImageError, ImageSequence, MAX_IMAGE_PIXELS, decode_image,
+    decode_image_within, images_in, load_image,
 };
-pub use video::VideoSource;
+pub use video::{VideoSource, redact_credentials};
 
 use crate::types::Frame;
 

@@ -9,7 +9,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use index::Index;
@@ -95,6 +95,14 @@ pub enum GalleryError {
     /// `remove` of a name the gallery does not hold.
     #[error("no entries named {0:?} in the gallery")]
     UnknownName(String),
+    /// A person's name that cannot be stored.
+    #[error("bad name {name:?}: {reason}")]
+    BadName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A `postgres://` URL that cannot be used.
     #[error("bad gallery URL {url}: {reason}")]
     BadUrl {
@@ -263,6 +271,59 @@ impl GalleryError {
             source,
         }
     }
+}
+
+/// Longest person's name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Refuses a name that is empty (or only spaces) or longer than [`MAX_NAME_BYTES`]; any other
+/// text, quotes and newlines included, is a valid name, stored as data.
+pub fn check_name(name: &str) -> Result<(), GalleryError> {
+    let reason = if name.trim().is_empty() {
+        "the name must not be empty"
+    } else if name.len() > MAX_NAME_BYTES {
+        "the name is longer than 256 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(GalleryError::BadName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+/// The gallery a running process matches against, replaced whole when it changes (by this
+/// process's own enrolments, or by another process's, which the pipeline's follower rereads).
+/// Readers take the current copy and keep it for as long as they need it.
+pub struct SharedGallery(RwLock<Arc<Gallery>>);
+
+impl SharedGallery {
+    /// Starts with `gallery`.
+    pub fn new(gallery: Gallery) -> Self {
+        Self(RwLock::new(Arc::new(gallery)))
+    }
+
+    /// The current copy.
+    pub fn current(&self) -> Arc<Gallery> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Makes `gallery` the current copy, its indexes built first so that no reader waits.
+    pub fn replace(&self, gallery: Gallery) {
+        gallery.build_indexes();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gallery);
+    }
+}
+
+/// One person of a gallery and how many entries of each modality they have.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PersonCount {
+    /// The person's name.
+    pub name: String,
+    /// Photo entries.
+    pub photos: usize,
+    /// Caricature entries.
+    pub caricatures: usize,
 }
 
 /// A new entry's description, before it gets an id.
@@ -446,6 +507,27 @@ impl Gallery {
         }
     }
 
+    /// Every person, in order of their first entry, with their entries per modality.
+    pub fn people(&self) -> Vec<PersonCount> {
+        let mut people: Vec<PersonCount> = Vec::new();
+        let mut slots: HashMap<&str, usize> = HashMap::new();
+        for entry in &self.manifest.entries {
+            let slot = *slots.entry(&entry.name).or_insert_with(|| {
+                people.push(PersonCount {
+                    name: entry.name.clone(),
+                    photos: 0,
+                    caricatures: 0,
+                });
+                people.len() - 1
+            });
+            match entry.modality {
+                Modality::Photo => people[slot].photos += 1,
+                Modality::Caricature => people[slot].caricatures += 1,
+            }
+        }
+        people
+    }
+
     /// Refuses a gallery whose embeddings come from a different model.
     pub fn check_model(&self, model: &ModelId) -> Result<(), GalleryError> {
         let mine = &self.manifest.model;
@@ -561,6 +643,7 @@ impl Gallery {
 
     /// Adds entries in memory (call [`Gallery::save`] to keep them).
     pub fn add(&mut self, new: NewEntry, embedding: &Embedding) -> Result<u64, GalleryError> {
+        check_name(&new.name)?;
         let row = self.row_of(embedding)?;
         let id = self.manifest.next_id;
         self.manifest.next_id += 1;

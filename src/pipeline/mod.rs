@@ -12,11 +12,12 @@
 //! Live pacing drops a source's stale frame while its newer one waits (counted per source), so
 //! latency stays bounded; offline pacing blocks instead, so every frame is processed, in order.
 
+pub mod answers;
 mod queues;
 mod stats;
 pub mod still;
 
-pub use stats::{RunReport, SourceReport, StageStats};
+pub use stats::{Queue, QueueGauges, RateMeter, RunReport, SourceReport, StageStats};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,8 +29,8 @@ use crate::align::Aligner;
 use crate::capture::{CaptureError, open_source};
 use crate::detect::Mtcnn;
 use crate::embed::Embedder;
-use crate::gallery::Gallery;
 use crate::gallery::matching::Thresholds;
+use crate::gallery::{Gallery, SharedGallery};
 use crate::render::{Status, draw};
 use crate::sink::{Control, Sink, SinkError};
 use crate::track::{Evidence, Link, Linker, Observation, Tracker, TrackerConfig};
@@ -78,6 +79,17 @@ pub struct PipelineConfig {
     /// A network source that delivers nothing for this long counts as lost (and is reopened
     /// in live pacing).
     pub source_timeout: Duration,
+    /// Where the stages publish their queues' depths while the run goes on (for monitoring).
+    pub queue_gauges: Option<Arc<QueueGauges>>,
+}
+
+impl PipelineConfig {
+    /// Publishes `queue`'s depth when someone monitors the run.
+    fn gauge(&self, queue: Queue, depth: usize) {
+        if let Some(gauges) = &self.queue_gauges {
+            gauges.set(queue, depth);
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -93,6 +105,7 @@ impl Default for PipelineConfig {
             loop_input: false,
             detect_every: 5,
             source_timeout: Duration::from_secs(5),
+            queue_gauges: None,
         }
     }
 }
@@ -106,8 +119,9 @@ pub struct Stages {
     pub aligner: Aligner,
     /// Embedding model.
     pub embedder: Embedder,
-    /// Known people; without one no face has an identity.
-    pub gallery: Option<Gallery>,
+    /// Known people, shared with whoever else changes them while the run goes on (the HTTP
+    /// service's enrolments); without one no face has an identity.
+    pub gallery: Option<Arc<SharedGallery>>,
 }
 
 /// Why a run failed.
@@ -219,9 +233,6 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 /// The longest wait between retries while the gallery's store does not answer.
 pub const FOLLOW_MAX_BACKOFF: Duration = Duration::from_secs(8);
 
-/// The gallery matching uses, replaced whole when another process changes it.
-type SharedGallery = std::sync::RwLock<Arc<Gallery>>;
-
 /// Keeps `shared` up to date with its store until the run halts: polls every
 /// [`FOLLOW_INTERVAL`]; while the store does not answer, matching goes on with the copy in
 /// memory, the outage is counted and logged once, and retries back off up to
@@ -245,7 +256,7 @@ fn follow_stage(
         }));
     };
     while sleep_unless_halted(wait, halt) {
-        let current = Arc::clone(&shared.read().unwrap_or_else(|p| p.into_inner()));
+        let current = shared.current();
         match current.reread_if_changed() {
             Ok(changed) => {
                 if out {
@@ -255,14 +266,13 @@ fn follow_stage(
                 }
                 wait = FOLLOW_INTERVAL;
                 if let Some(gallery) = changed {
-                    gallery.build_indexes();
                     tracing::info!(
                         "gallery {} changed: now {} entries (generation {})",
                         gallery.location(),
                         gallery.entries().len(),
                         gallery.generation()
                     );
-                    *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gallery);
+                    shared.replace(gallery);
                     counters.gallery_reloads.fetch_add(1, Ordering::SeqCst);
                 }
             }
@@ -331,7 +341,6 @@ pub fn run(
     if detectors.is_empty() {
         return Err(PipelineError::Stage("no face detector given".into()));
     }
-    let shared = gallery.map(|g| SharedGallery::new(Arc::new(g)));
     let started = Instant::now();
     let halt = Halt {
         caller: stop,
@@ -371,7 +380,7 @@ pub fn run(
         };
         on_open(&infos);
         let names: Vec<String> = infos.iter().map(|i| i.name.clone()).collect();
-        let gallery = shared.as_ref();
+        let gallery = gallery.as_deref();
         let events = &status_tx;
         let follow =
             gallery.map(|g| scope.spawn(move || follow_stage(g, halt, counters, events, started)));
@@ -388,15 +397,8 @@ pub fn run(
             })
             .collect();
         drop(detected_tx);
-        let embed = scope.spawn(move || {
-            embed_stage(
-                &mut embedder,
-                config.batch,
-                detected_rx,
-                embedded_tx,
-                counters,
-            )
-        });
+        let embed = scope
+            .spawn(move || embed_stage(&mut embedder, config, detected_rx, embedded_tx, counters));
         let annotate = scope
             .spawn(move || annotate_stage(gallery, config, embedded_rx, annotated_tx, counters));
         let sink_result = feed_sink(
@@ -684,6 +686,7 @@ fn detect_worker(
     }) = frames.take()
     {
         occupancy.push(waiting as f64);
+        config.gauge(Queue::CaptureDetect, waiting);
         let timer = Timer::start();
         let detected = detect_frame(detector, aligner, config, &mut state, frame, counters);
         time.push(timer.ms());
@@ -745,7 +748,7 @@ fn detect_frame(
 
 fn embed_stage(
     embedder: &mut Embedder,
-    batch: usize,
+    config: &PipelineConfig,
     rx: Receiver<Detected>,
     tx: Sender<Embedded>,
     counters: &Counters,
@@ -753,10 +756,11 @@ fn embed_stage(
     let (mut time, mut occupancy) = (Samples::default(), Samples::default());
     loop {
         occupancy.push(rx.len() as f64);
+        config.gauge(Queue::DetectEmbed, rx.len());
         let Ok(first) = rx.recv() else { break };
         let mut group = vec![first];
         // Batch the faces of frames that are already waiting.
-        while group.iter().map(|d| d.chips.len()).sum::<usize>() < batch {
+        while group.iter().map(|d| d.chips.len()).sum::<usize>() < config.batch {
             match rx.try_recv() {
                 Ok(next) => group.push(next),
                 Err(_) => break,
@@ -803,9 +807,10 @@ fn annotate_stage(
     let mut rate = stats::RateMeter::default();
     loop {
         occupancy.push(rx.len() as f64);
+        config.gauge(Queue::EmbedMatch, rx.len());
         let Ok(embedded) = rx.recv() else { break };
         let timer = Timer::start();
-        let current = gallery.map(|g| Arc::clone(&g.read().unwrap_or_else(|p| p.into_inner())));
+        let current = gallery.map(|g| g.current());
         let observations = observe(current.as_deref(), config, &embedded, counters);
         let source = embedded.frame.source;
         if trackers.len() <= source {

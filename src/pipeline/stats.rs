@@ -1,6 +1,7 @@
 //! Measurements of a run: per-stage times, latency, queue occupancy, frame rates.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,6 +20,48 @@ impl Timer {
     /// Milliseconds since the start.
     pub fn ms(&self) -> f64 {
         self.0.elapsed().as_secs_f64() * 1e3
+    }
+}
+
+/// The queues between stages, named for [`QueueGauges`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queue {
+    /// Frames waiting for a detection worker (all sources).
+    CaptureDetect,
+    /// Frames waiting to be embedded.
+    DetectEmbed,
+    /// Frames waiting to be matched, tracked and drawn.
+    EmbedMatch,
+}
+
+impl Queue {
+    /// Every queue, in pipeline order.
+    pub const ALL: [Queue; 3] = [Queue::CaptureDetect, Queue::DetectEmbed, Queue::EmbedMatch];
+
+    /// A short name for metrics (`capture_detect`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Queue::CaptureDetect => "capture_detect",
+            Queue::DetectEmbed => "detect_embed",
+            Queue::EmbedMatch => "embed_match",
+        }
+    }
+}
+
+/// The current depth of each queue while a run goes on, for monitoring from outside the run
+/// (the HTTP service's `/metrics`); the stages store a depth each time they take an item.
+#[derive(Debug, Default)]
+pub struct QueueGauges([AtomicUsize; 3]);
+
+impl QueueGauges {
+    /// Records `queue`'s depth now.
+    pub fn set(&self, queue: Queue, depth: usize) {
+        self.0[queue as usize].store(depth, Ordering::Relaxed);
+    }
+
+    /// `queue`'s depth when a stage last looked.
+    pub fn get(&self, queue: Queue) -> usize {
+        self.0[queue as usize].load(Ordering::Relaxed)
     }
 }
 

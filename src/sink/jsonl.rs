@@ -18,14 +18,33 @@ pub struct JsonlSink {
     out: Option<BufWriter<File>>,
 }
 
+/// One frame's line: the same fields wherever a frame is reported (JSON Lines, the HTTP
+/// service's events).
 #[derive(Serialize)]
-struct Line<'a> {
-    source: usize,
-    frame: u64,
-    time_s: f64,
+pub struct FrameLine<'a> {
+    /// Index of the source.
+    pub source: usize,
+    /// Frame number within the source.
+    pub frame: u64,
+    /// Position in the source's timeline, in seconds.
+    pub time_s: f64,
     /// Frames of this source dropped since its previous line (live pacing).
-    dropped_before: u64,
-    faces: &'a [TrackedFace],
+    pub dropped_before: u64,
+    /// The faces, with tracks and identities.
+    pub faces: &'a [TrackedFace],
+}
+
+impl<'a> FrameLine<'a> {
+    /// The line of `frame`.
+    pub fn of(frame: &'a AnnotatedFrame) -> Self {
+        Self {
+            source: frame.frame.source,
+            frame: frame.frame.index,
+            time_s: frame.frame.time_s,
+            dropped_before: frame.frame.dropped_before,
+            faces: &frame.faces,
+        }
+    }
 }
 
 impl JsonlSink {
@@ -84,14 +103,7 @@ pub fn partial_path(path: &Path) -> PathBuf {
 
 impl Sink for JsonlSink {
     fn write(&mut self, frame: &AnnotatedFrame) -> Result<Control, SinkError> {
-        let line = Line {
-            source: frame.frame.source,
-            frame: frame.frame.index,
-            time_s: frame.frame.time_s,
-            dropped_before: frame.frame.dropped_before,
-            faces: &frame.faces,
-        };
-        self.write_line(&line)?;
+        self.write_line(&FrameLine::of(frame))?;
         Ok(Control::Continue)
     }
 

@@ -4,7 +4,7 @@ mod jsonl;
 mod video;
 mod window;
 
-pub use jsonl::JsonlSink;
+pub use jsonl::{FrameLine, JsonlSink};
 pub use video::{VIDEO_CODEC, VideoSink};
 pub use window::WindowSink;
 

@@ -15,9 +15,10 @@ use carivis::embed::DEFAULT_EMBEDDER;
 use carivis::eval::{apply_thresholds, read_thresholds};
 use carivis::files::file_sha256;
 use carivis::gallery::store::Enrolment;
-use carivis::gallery::{Gallery, Location, NewEntry};
+use carivis::gallery::{Gallery, Location, NewEntry, check_name};
+use carivis::pipeline::answers::{self, AnswerError, EnrolmentFace, FaceChoice};
 use carivis::pipeline::still::{FaceSearch, StillFaces, model_id};
-use carivis::types::{Embedding, Face, FaceBox, Modality};
+use carivis::types::{Face, FaceBox, Modality};
 
 #[derive(Subcommand)]
 pub enum GalleryCommand {
@@ -97,7 +98,7 @@ pub struct WriterArgs {
 }
 
 impl WriterArgs {
-    fn lock_timeout(&self) -> Duration {
+    pub fn lock_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.lock_timeout)
     }
 }
@@ -227,64 +228,36 @@ fn progress(len: usize) -> ProgressBar {
 }
 
 /// The face to enrol from one image, how it was found, and its embedding.
-fn enrolment_face(
-    faces: &mut StillFaces,
-    args: &AddArgs,
-    path: &Path,
-) -> Result<(Face, Enrolment, Embedding)> {
+fn enrolment_face(faces: &mut StillFaces, args: &AddArgs, path: &Path) -> Result<EnrolmentFace> {
     let image = load_image(path)?;
-    let given = match (&args.r#box, args.whole_image) {
-        (Some(b), _) => Some(FaceBox {
+    let choice = match (&args.r#box, args.whole_image) {
+        (Some(b), _) => FaceChoice::Box(FaceBox {
             x1: b[0],
             y1: b[1],
             x2: b[2],
             y2: b[3],
         }),
-        (None, true) => Some(FaceBox {
-            x1: 0.0,
-            y1: 0.0,
-            x2: image.width() as f32,
-            y2: image.height() as f32,
-        }),
-        (None, false) => None,
+        (None, true) => FaceChoice::WholeImage,
+        (None, false) => FaceChoice::Detected {
+            largest: args.largest,
+        },
     };
-    if let Some(bbox) = given {
-        if !(bbox.x2 > bbox.x1 && bbox.y2 > bbox.y1) {
-            bail!("{}: the box must have x2 > x1 and y2 > y1", path.display());
-        }
-        let embedding = faces.embed_box(&image, bbox)?;
-        let face = Face {
-            bbox,
-            score: 1.0,
-            landmarks: [[0.0; 2]; 5],
+    answers::enrolment_face(faces, &image, choice).map_err(|e| {
+        let hint = match e {
+            AnswerError::NoFace => {
+                "; give the face with --box x1,y1,x2,y2, or --whole-image for a cropped face"
+            }
+            AnswerError::SeveralFaces(_) => {
+                "; add --largest to enrol the largest, or --box to choose one"
+            }
+            _ => "",
         };
-        return Ok((face, Enrolment::Box, embedding));
-    }
-    let mut found = faces
-        .faces(&image)
-        .with_context(|| path.display().to_string())?;
-    match found.len() {
-        0 => bail!(
-            "{}: no face found; give the face with --box x1,y1,x2,y2, or --whole-image for a cropped face",
-            path.display()
-        ),
-        n if n > 1 && !args.largest => {
-            bail!(
-                "{}: {n} faces found; add --largest to enrol the largest, or --box to choose one",
-                path.display()
-            )
-        }
-        _ => {
-            let first = found.remove(0);
-            Ok((first.found.face, Enrolment::FivePoint, first.embedding))
-        }
-    }
+        anyhow::anyhow!("{}: {e}{hint}", path.display())
+    })
 }
 
 fn add(args: &AddArgs) -> Result<ExitCode> {
-    if args.name.trim().is_empty() {
-        bail!("the name must not be empty");
-    }
+    check_name(&args.name)?;
     let files = expand_inputs(&args.inputs)?;
     let mut gallery =
         Gallery::open_for_update(&args.gallery.location()?, args.writer.lock_timeout())?;
@@ -328,8 +301,13 @@ fn add_entry(
     gallery: &mut Gallery,
     args: &AddArgs,
     path: &Path,
-    (face, enrolment, embedding): (Face, Enrolment, Embedding),
+    found: EnrolmentFace,
 ) -> Result<()> {
+    let EnrolmentFace {
+        face,
+        enrolment,
+        embedding,
+    } = found;
     let source = std::fs::canonicalize(path).with_context(|| path.display().to_string())?;
     let entry = NewEntry {
         name: args.name.clone(),
@@ -375,23 +353,14 @@ fn list(location: &Location, json: bool) -> Result<ExitCode> {
         model.sha256,
         gallery.entries().len()
     );
-    let mut people: Vec<(&str, usize, usize)> = Vec::new();
-    for entry in gallery.entries() {
-        let slot = match people.iter().position(|p| p.0 == entry.name) {
-            Some(i) => i,
-            None => {
-                people.push((&entry.name, 0, 0));
-                people.len() - 1
-            }
-        };
-        match entry.modality {
-            Modality::Photo => people[slot].1 += 1,
-            Modality::Caricature => people[slot].2 += 1,
-        }
-    }
     println!("{:<32} {:>7} {:>11}", "name", "photos", "caricatures");
-    for (name, photos, caricatures) in people {
-        println!("{:<32} {photos:>7} {caricatures:>11}", shown(name));
+    for person in gallery.people() {
+        println!(
+            "{:<32} {:>7} {:>11}",
+            shown(&person.name),
+            person.photos,
+            person.caricatures
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod gallery;
 mod progress;
 mod recognise;
 mod search_args;
+mod serve;
 mod video;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,16 @@ enum Command {
     Bench(video::BenchArgs),
     /// List the cameras found.
     Cameras,
+    /// Serve recognition over HTTP (identify, verify, enrol) with a live view of the streams.
+    ///
+    /// Requests are answered like `carivis identify`, `verify` and `gallery add` (full-resolution
+    /// detection with the retry passes); the --input streams run like `carivis live`
+    /// (--max-side, --min-face, --detect-every apply to them). Routes: POST /v1/identify,
+    /// POST /v1/verify, GET /v1/gallery, POST|DELETE /v1/gallery/NAME, GET /v1/streams/I.mjpeg,
+    /// GET /v1/events, GET /healthz, GET /metrics, GET / (a page with the streams). An
+    /// enrolment is used by the running streams at once. SIGINT or SIGTERM stops accepting,
+    /// finishes the requests in flight, ends the streams, closes the sinks and exits 0.
+    Serve(serve::ServeArgs),
     /// Write synthetic caricatures of photos: the face's shape exaggerated, optionally cartoon-styled.
     ///
     /// The largest face in each image is found, the offsets of its five landmarks (eyes, nose
@@ -160,6 +171,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Live(args) => video::live(&args),
         Command::Bench(args) => video::bench(&args),
         Command::Cameras => video::cameras(),
+        Command::Serve(args) => serve::serve(&args),
         Command::Caricature(args) => caricature::run(&args),
         Command::Eval { command } => eval::run(command),
     }

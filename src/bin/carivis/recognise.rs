@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
@@ -12,11 +12,12 @@ use crate::for_each_file;
 use crate::gallery::shown;
 use crate::search_args::SearchArgs;
 use carivis::capture::load_image;
-use carivis::detect::{FoundFace, Pass};
-use carivis::gallery::matching::{Branch, Thresholds};
-use carivis::gallery::{Gallery, Identification, branch_of};
+use carivis::detect::Pass;
+use carivis::gallery::Gallery;
+use carivis::gallery::matching::Thresholds;
+use carivis::pipeline::answers::{self, IdentifiedFace, IdentifyOptions, Side};
 use carivis::render::UNKNOWN_LABEL;
-use carivis::types::{Embedding, Modality};
+use carivis::types::Embedding;
 
 #[derive(Args)]
 pub struct IdentifyArgs {
@@ -50,65 +51,23 @@ struct IdentifiedImage<'a> {
     faces: Vec<IdentifiedFace>,
 }
 
-#[derive(Serialize)]
-struct IdentifiedFace {
-    #[serde(rename = "box")]
-    bbox: [f32; 4],
-    pass: Pass,
-    identity: Option<String>,
-    similarity: f32,
-    threshold: f32,
-    matched_modality: Option<Modality>,
-    candidates: Vec<CandidateOut>,
-}
-
-#[derive(Serialize)]
-struct CandidateOut {
-    identity: String,
-    similarity: f32,
-}
-
-fn identified_face(face: &FoundFace, found: Identification, top_k: usize) -> IdentifiedFace {
-    IdentifiedFace {
-        bbox: face.face.bbox.to_array(),
-        pass: face.pass,
-        identity: found.identity,
-        similarity: found.similarity,
-        threshold: found.threshold,
-        matched_modality: found.matched_modality,
-        candidates: found
-            .candidates
-            .into_iter()
-            .take(top_k)
-            .map(|c| CandidateOut {
-                identity: c.identity,
-                similarity: c.similarity,
-            })
-            .collect(),
-    }
-}
-
 /// Identifies every face of every image.
 pub fn identify(args: &IdentifyArgs) -> Result<ExitCode> {
     let mut faces = args.recognizer.still_faces(args.search.search(), false)?;
     let gallery = Gallery::open(args.gallery.location()?, &faces.model_id())?;
     let thresholds = args.threshold.map(Thresholds::uniform);
+    let options = IdentifyOptions {
+        modality: args.modality.into(),
+        thresholds: thresholds.as_ref(),
+        top_k: args.top_k,
+    };
     Ok(for_each_file(&args.images, |path| {
         let image = load_image(path)?;
-        let mut result = IdentifiedImage {
+        let result = IdentifiedImage {
             image: path,
-            faces: Vec::new(),
+            faces: answers::identify(&mut faces, &gallery, &image, options)
+                .with_context(|| path.display().to_string())?,
         };
-        for face in faces
-            .faces(&image)
-            .with_context(|| path.display().to_string())?
-        {
-            let found =
-                gallery.identify(&face.embedding, args.modality.into(), thresholds.as_ref())?;
-            result
-                .faces
-                .push(identified_face(&face.found, found, args.top_k));
-        }
         print_identified(&result, args.json)
     }))
 }
@@ -164,50 +123,38 @@ pub struct VerifyArgs {
 /// Compares the largest faces of two images.
 pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let mut faces = args.recognizer.still_faces(args.search.search(), true)?;
-    let multi_task = faces.model_id().branches.len() > 1;
-    let mut largest = |path: &Path| -> Result<Embedding> {
-        let image = load_image(path)?;
-        match faces
-            .faces(&image)
-            .with_context(|| path.display().to_string())?
-            .into_iter()
-            .next()
-        {
-            Some(face) => Ok(face.embedding),
-            None => bail!("{}: no face found", path.display()),
-        }
+    let (a, b) = (load_image(&args.a)?, load_image(&args.b)?);
+    let side = |image, modality: ModalityArg| Side {
+        image,
+        modality: modality.into(),
     };
-    let (a, b) = (largest(&args.a)?, largest(&args.b)?);
-    let (modality_a, modality_b) = (args.modality_a.into(), args.modality_b.into());
-    let branch = Branch::for_pair(modality_a, modality_b, multi_task);
-    let similarity = carivis::types::dot(pick(&a, branch), pick(&b, branch));
-    let threshold = args.threshold.unwrap_or_else(|| {
-        Thresholds::for_checksum(&faces.model_id().sha256).get(modality_a, modality_b)
-    });
-    let same = similarity >= threshold;
+    let answer = answers::verify(
+        &mut faces,
+        side(&a, args.modality_a),
+        side(&b, args.modality_b),
+        args.threshold,
+    )
+    .map_err(|(i, e)| {
+        anyhow::Error::new(*e).context([&args.a, &args.b][i].display().to_string())
+    })?;
     if args.json {
         let value = serde_json::json!({
-            "a": args.a, "b": args.b, "similarity": similarity, "threshold": threshold,
-            "branch": branch.name(), "same_person": same,
+            "a": args.a, "b": args.b, "similarity": answer.similarity, "threshold": answer.threshold,
+            "branch": answer.branch, "same_person": answer.same_person,
         });
         println!("{value}");
     } else {
-        let verdict = if same {
+        let verdict = if answer.same_person {
             "same person"
         } else {
             "different people"
         };
         println!(
-            "{verdict}: similarity {similarity:.3} (threshold {threshold:.3}, {} branch)",
-            branch.name()
+            "{verdict}: similarity {:.3} (threshold {:.3}, {} branch)",
+            answer.similarity, answer.threshold, answer.branch
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The branch's vector, or the shared one when the model has no such branch.
-fn pick(embedding: &Embedding, branch: Branch) -> &[f32] {
-    branch_of(embedding, branch).unwrap_or(&embedding.shared)
 }
 
 #[derive(Args)]

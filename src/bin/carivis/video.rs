@@ -15,8 +15,8 @@ use crate::args::{
 };
 use carivis::align::Aligner;
 use carivis::capture::{list_cameras, open_source};
-use carivis::gallery::Gallery;
 use carivis::gallery::matching::Thresholds;
+use carivis::gallery::{Gallery, SharedGallery};
 use carivis::pipeline::still::model_id;
 use carivis::pipeline::{Pacing, PipelineConfig, RunReport, Stages, run};
 use carivis::sink::{Control, JsonlSink, Sink, SinkError, Tee, VideoSink, WindowSink};
@@ -31,10 +31,10 @@ pub struct VideoArgs {
     /// The gallery of known people (without one, every face is "unknown"): a folder, or
     /// postgres://USER@HOST/DB?gallery=NAME.
     #[arg(long, value_name = "DIR|URL")]
-    gallery: Option<GalleryArg>,
+    pub gallery: Option<GalleryArg>,
     /// One cosine-similarity threshold for every direction, instead of the gallery's.
     #[arg(long)]
-    threshold: Option<f32>,
+    pub threshold: Option<f32>,
     /// What the video shows (decides embedding branch and thresholds).
     #[arg(long, value_enum, default_value_t = ModalityArg::Photo)]
     modality: ModalityArg,
@@ -62,12 +62,12 @@ pub struct VideoArgs {
     #[arg(long, default_value_t = 5.0, value_name = "SECS", value_parser = parse_timeout)]
     source_timeout: f64,
     #[command(flatten)]
-    recognizer: RecognizerArgs,
+    pub recognizer: RecognizerArgs,
 }
 
 impl VideoArgs {
     /// The stages for `sources` inputs, with as many detectors as detection workers.
-    fn stages(&self, sources: usize) -> Result<Stages> {
+    pub fn stages(&self, sources: usize) -> Result<Stages> {
         let r = &self.recognizer;
         let runtime = r.runtime.runtime()?;
         let detectors = (0..self.workers(sources))
@@ -75,11 +75,14 @@ impl VideoArgs {
             .collect::<Result<Vec<_>>>()?;
         let embedder = open_embedder(&runtime, &r.embedder_path(), r.batch)?;
         let gallery = match &self.gallery {
-            Some(arg) => Some(Gallery::open(arg.location()?, &model_id(&embedder))?),
+            Some(arg) => Some(Arc::new(SharedGallery::new(Gallery::open(
+                arg.location()?,
+                &model_id(&embedder),
+            )?))),
             None => None,
         };
         if let Some(g) = &gallery {
-            g.build_indexes();
+            g.current().build_indexes();
         }
         Ok(Stages {
             aligner: Aligner::new(r.aligner.mode(), embedder.chip_size()),
@@ -103,7 +106,7 @@ impl VideoArgs {
         Duration::from_secs_f64(self.source_timeout)
     }
 
-    fn config(&self, pacing: Pacing, loop_input: bool) -> PipelineConfig {
+    pub fn config(&self, pacing: Pacing, loop_input: bool) -> PipelineConfig {
         PipelineConfig {
             pacing,
             queue: self.queue,
@@ -114,6 +117,7 @@ impl VideoArgs {
             loop_input,
             detect_every: self.detect_every,
             source_timeout: self.source_timeout(),
+            queue_gauges: None,
             tracker: TrackerConfig {
                 embed_every: self.embed_every,
                 ..TrackerConfig::default()
@@ -252,7 +256,7 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
 }
 
 /// The run's report, on stderr as a table or on stdout as JSON.
-fn print_report(report: &RunReport, json: bool) -> Result<()> {
+pub fn print_report(report: &RunReport, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(report)?);
     } else {
