@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use carivis::types::unix_now;
-use common::repo_file as repo;
+use common::{free_port, repo_file as repo};
 use serde_json::Value;
 
 /// The first `frames` frames of the sample video as JPEG files in `dir/frames`, the camera's
@@ -35,15 +35,6 @@ fn sample_jpegs(dir: &Path, frames: u32) -> PathBuf {
         .expect("ffmpeg (installed by scripts/setup)");
     assert!(status.success());
     folder
-}
-
-/// A free loopback port (bound and released; the server binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The MJPEG camera's process.

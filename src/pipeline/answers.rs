@@ -32,6 +32,15 @@ pub enum AnswerError {
     BadBox,
 }
 
+/// An identified image: `carivis identify --json`'s line, `POST /v1/identify`'s answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdentifiedImage<'a> {
+    /// The image's path (`-` for a request's body).
+    pub image: &'a std::path::Path,
+    /// Its faces, largest first.
+    pub faces: Vec<IdentifiedFace>,
+}
+
 /// One face of an identified image: where it is, who it is, and the runners-up.
 #[derive(Clone, Debug, Serialize)]
 pub struct IdentifiedFace {

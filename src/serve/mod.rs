@@ -12,6 +12,7 @@ mod metrics;
 mod pool;
 mod routes;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,19 +107,40 @@ impl Service {
     }
 }
 
+/// How long the requests in flight may take to finish once the service is stopping.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `service` on `listener` until `shutdown` completes; then stops accepting, ends the
-/// live streams, and returns once the requests in flight are answered.
+/// live streams, and returns once the requests in flight are answered, or after
+/// [`SHUTDOWN_GRACE`] (a client that stopped reading a stream cannot hold the service open).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let hub = Arc::clone(&service.hub);
-    let app = routes::router(service);
-    axum::serve(listener, app)
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, routes::router(service))
         .with_graceful_shutdown(async move {
             shutdown.await;
             hub.close();
+            let _ = stopping_tx.send(());
         })
-        .await
+        .into_future();
+    let grace_over = async move {
+        if stopping_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served,
+        () = grace_over => {
+            tracing::warn!(
+                "clients still connected {} s after the stop; closing their connections",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    }
 }

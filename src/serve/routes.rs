@@ -28,7 +28,9 @@ use super::pool::PoolError;
 use crate::capture::{ImageError, decode_image_within};
 use crate::files::sha256_hex;
 use crate::gallery::{Gallery, GalleryError, NewEntry, check_name};
-use crate::pipeline::answers::{self, AnswerError, FaceChoice, IdentifyOptions, Side};
+use crate::pipeline::answers::{
+    self, AnswerError, FaceChoice, IdentifiedImage, IdentifyOptions, Side,
+};
 use crate::types::{Modality, RgbImage};
 
 /// The boundary between the frames of a live view.
@@ -232,7 +234,7 @@ async fn identify(
     State(service): Shared,
     Query(query): Query<IdentifyQuery>,
     body: Bytes,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let gallery = service.gallery.current();
     let (config, max_pixels) = (service.config.clone(), service.config.max_pixels);
     let faces = service
@@ -247,7 +249,11 @@ async fn identify(
             Ok(answers::identify(faces, &gallery, &image, options)?)
         })
         .await??;
-    Ok(axum::Json(json!({ "image": BODY_NAME, "faces": faces })))
+    let answer = IdentifiedImage {
+        image: Path::new(BODY_NAME),
+        faces,
+    };
+    Ok(axum::Json(answer).into_response())
 }
 
 /// One image part of a verify request.

@@ -159,3 +159,12 @@ pub fn add_chip(
         .args(vec![astronaut_chip(); copies]);
     command
 }
+
+/// A free loopback port (bound and released; the server binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -15,7 +15,7 @@ use carivis::capture::load_image;
 use carivis::detect::Pass;
 use carivis::gallery::Gallery;
 use carivis::gallery::matching::Thresholds;
-use carivis::pipeline::answers::{self, IdentifiedFace, IdentifyOptions, Side};
+use carivis::pipeline::answers::{self, IdentifiedImage, IdentifyOptions, Side};
 use carivis::render::UNKNOWN_LABEL;
 use carivis::types::Embedding;
 
@@ -43,12 +43,6 @@ pub struct IdentifyArgs {
     recognizer: RecognizerArgs,
     #[command(flatten)]
     search: SearchArgs,
-}
-
-#[derive(Serialize)]
-struct IdentifiedImage<'a> {
-    image: &'a Path,
-    faces: Vec<IdentifiedFace>,
 }
 
 /// Identifies every face of every image.
