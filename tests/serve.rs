@@ -221,6 +221,23 @@ fn every_endpoint_answers_as_the_command_line_does_with_the_documented_errors() 
     ]));
     assert_eq!(served["faces"], cli["faces"], "API and CLI answers differ");
 
+    // Clients that hang up mid-request take nothing from the service.
+    for _ in 0..4 {
+        let _ = curl(&[
+            "--max-time",
+            "0.02",
+            "--data-binary",
+            &format!("@{frame_s}"),
+            &url("/v1/identify"),
+        ]);
+    }
+    let (status, body) = curl(&[
+        "--data-binary",
+        &format!("@{frame_s}"),
+        &url("/v1/identify"),
+    ]);
+    assert_eq!(status, 200, "after abandoned requests: {body}");
+
     // verify: the CLI's figures.
     let (status, body) = curl(&[
         "-F",

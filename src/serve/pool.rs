@@ -1,7 +1,7 @@
 //! A fixed set of objects (each a detector, aligner and embedder: ONNX Runtime sessions run
 //! mutably) lent to one blocking task at a time.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
@@ -16,22 +16,24 @@ pub enum PoolError {
     Closed,
 }
 
-/// Objects lent to blocking jobs; a job waits (asynchronously) for a free one.
+/// Objects lent to blocking jobs; a job waits (asynchronously) for a free one. The blocking
+/// job itself puts its object back, so a request whose client goes away mid-job (its future
+/// dropped) loses nothing.
 pub struct Pool<T> {
-    items: Mutex<Vec<T>>,
-    free: Semaphore,
+    items: Arc<Mutex<Vec<T>>>,
+    free: Arc<Semaphore>,
 }
 
 impl<T: Send + 'static> Pool<T> {
     /// A pool of `items`.
     pub fn new(items: Vec<T>) -> Self {
         Self {
-            free: Semaphore::new(items.len()),
-            items: Mutex::new(items),
+            free: Arc::new(Semaphore::new(items.len())),
+            items: Arc::new(Mutex::new(items)),
         }
     }
 
-    /// How many objects the pool holds.
+    /// How many objects the pool holds now (fewer than it started with only after a panic).
     pub fn size(&self) -> usize {
         self.items.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -41,33 +43,38 @@ impl<T: Send + 'static> Pool<T> {
         &self,
         job: impl FnOnce(&mut T) -> R + Send + 'static,
     ) -> Result<R, PoolError> {
-        let permit = self.free.acquire().await.map_err(|_| PoolError::Closed)?;
-        let mut item = self
-            .items
+        let permit = Arc::clone(&self.free)
+            .acquire_owned()
+            .await
+            .map_err(|_| PoolError::Closed)?;
+        let items = Arc::clone(&self.items);
+        let mut item = items
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
             .ok_or(PoolError::Closed)?;
-        let outcome = tokio::task::spawn_blocking(move || {
-            let result = job(&mut item);
-            (item, result)
+        tokio::task::spawn_blocking(move || {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut item))) {
+                Ok(result) => {
+                    items.lock().unwrap_or_else(|p| p.into_inner()).push(item);
+                    drop(permit);
+                    Ok(result)
+                }
+                Err(panic) => {
+                    // The object may be half-changed: it is dropped, and one permit fewer
+                    // remains so no job waits for it.
+                    permit.forget();
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    Err(PoolError::Failed(what))
+                }
+            }
         })
-        .await;
-        match outcome {
-            Ok((item, result)) => {
-                self.items
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(item);
-                drop(permit);
-                Ok(result)
-            }
-            Err(e) => {
-                // The object went down with the job: one permit fewer, so no job waits for it.
-                permit.forget();
-                Err(PoolError::Failed(e.to_string()))
-            }
-        }
+        .await
+        .map_err(|e| PoolError::Failed(e.to_string()))?
     }
 }
 
@@ -93,5 +100,28 @@ mod tests {
         assert!(matches!(failed, Err(PoolError::Failed(_))));
         assert_eq!(pool.size(), 1);
         assert!(pool.run(|n| *n).await.unwrap() <= 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_whose_caller_goes_away_still_returns_its_object() {
+        let pool = std::sync::Arc::new(Pool::new(vec![0u32]));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let caller = {
+            let pool = std::sync::Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run(move |n| {
+                    started_tx.send(()).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    *n += 1;
+                })
+                .await
+            })
+        };
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        caller.abort();
+        assert_eq!(pool.run(|n| *n).await.unwrap(), 1);
+        assert_eq!(pool.size(), 1);
     }
 }
