@@ -348,3 +348,92 @@ fn annotating_a_network_stream_ends_when_the_stream_ends() {
     assert!(labelled >= 54, "{labelled}/60");
     assert!(video.is_file());
 }
+
+/// A metric's value in a `/metrics` scrape (the first line starting with `prefix`).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `curl -s URL` (with `--max-time seconds`): the body.
+fn fetch(url: &str, seconds: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", seconds, url])
+        .output()
+        .expect("curl (installed by scripts/setup)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn serve_counts_a_camera_drop_out_and_labels_it_again_after_the_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = sample_jpegs(dir.path(), 100);
+    let (camera_port, port) = (free_port(), free_port());
+    let camera = start_camera(&frames, camera_port, false);
+    let mut server = Command::new(env!("CARGO_BIN_EXE_carivis"))
+        .args(["serve", "--source-timeout", "2", "--api-workers", "1"])
+        .arg("--gallery")
+        .arg(repo("galleries/demo"))
+        .args([
+            "--input",
+            &format!("http://127.0.0.1:{camera_port}/camera.mjpeg"),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let figure = |name: &str| metric(&fetch(&metrics, "5"), &format!("{name}{{source=\"0\""));
+    let wait = |what: &str, limit: u64, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(limit), "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("50 frames served", 60, &|| {
+        figure("carivis_stream_frames_total").is_some_and(|f| f >= 50.0)
+    });
+    camera.kill();
+    let killed = Instant::now();
+    wait("the drop-out counted", 20, &|| {
+        figure("carivis_stream_lost_total") == Some(1.0) && figure("carivis_stream_up") == Some(0.0)
+    });
+    let lost = killed.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let camera = start_camera(&frames, camera_port, false);
+    let restarted = killed.elapsed();
+    wait("the reconnection counted", 40, &|| {
+        figure("carivis_stream_reconnects_total") == Some(1.0)
+            && figure("carivis_stream_up") == Some(1.0)
+    });
+    let reconnected = killed.elapsed();
+    let events = fetch(&format!("http://127.0.0.1:{port}/v1/events"), "3");
+    let labelled = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(is_obama)
+        .count();
+    eprintln!(
+        "serve: lost {:.1} s after the kill, camera restarted at {:.1} s, reconnected at {:.1} s; \
+         {labelled} frames labelled Barack Obama in the next 3 s of events",
+        lost.as_secs_f64(),
+        restarted.as_secs_f64(),
+        reconnected.as_secs_f64()
+    );
+    assert!(
+        labelled >= 25,
+        "{labelled} labelled frames after the reconnect"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.wait().unwrap().success());
+    camera.kill();
+}
