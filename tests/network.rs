@@ -367,11 +367,10 @@ fn fetch(url: &str, seconds: &str) -> String {
 }
 
 #[test]
-fn serve_counts_a_camera_drop_out_and_labels_it_again_after_the_reconnect() {
+fn serve_waits_for_a_camera_down_at_start_counts_its_drop_out_and_labels_it_again() {
     let dir = tempfile::tempdir().unwrap();
     let frames = sample_jpegs(dir.path(), 100);
     let (camera_port, port) = (free_port(), free_port());
-    let camera = start_camera(&frames, camera_port, false);
     let mut server = Command::new(env!("CARGO_BIN_EXE_carivis"))
         .args(["serve", "--source-timeout", "2", "--api-workers", "1"])
         .arg("--gallery")
@@ -394,22 +393,26 @@ fn serve_counts_a_camera_drop_out_and_labels_it_again_after_the_reconnect() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    wait("50 frames served", 60, &|| {
-        figure("carivis_stream_frames_total").is_some_and(|f| f >= 50.0)
+    let counted = |lost: f64, reconnects: f64, up: f64| {
+        figure("carivis_stream_lost_total") == Some(lost)
+            && figure("carivis_stream_reconnects_total") == Some(reconnects)
+            && figure("carivis_stream_up") == Some(up)
+    };
+    wait("the camera down at the start counted", 60, &|| {
+        counted(1.0, 0.0, 0.0)
+    });
+    let camera = start_camera(&frames, camera_port, false);
+    wait("the camera joined once it was up", 60, &|| {
+        counted(1.0, 1.0, 1.0) && figure("carivis_stream_frames_total").is_some_and(|f| f >= 50.0)
     });
     camera.kill();
     let killed = Instant::now();
-    wait("the drop-out counted", 20, &|| {
-        figure("carivis_stream_lost_total") == Some(1.0) && figure("carivis_stream_up") == Some(0.0)
-    });
+    wait("the drop-out counted", 20, &|| counted(2.0, 1.0, 0.0));
     let lost = killed.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     let camera = start_camera(&frames, camera_port, false);
     let restarted = killed.elapsed();
-    wait("the reconnection counted", 40, &|| {
-        figure("carivis_stream_reconnects_total") == Some(1.0)
-            && figure("carivis_stream_up") == Some(1.0)
-    });
+    wait("the reconnection counted", 40, &|| counted(2.0, 2.0, 1.0));
     let reconnected = killed.elapsed();
     let events = fetch(&format!("http://127.0.0.1:{port}/v1/events"), "3");
     let labelled = events

@@ -541,8 +541,23 @@ fn capture(
     config: &PipelineConfig,
     links: &CaptureLinks<'_>,
 ) -> Result<(), CaptureError> {
+    let mut announced = false;
     let mut reader = match open_source(spec, source, config.source_timeout) {
         Ok(reader) => reader,
+        Err(e) if config.pacing == Pacing::Live && crate::capture::is_network(spec) => {
+            announced = true;
+            // A camera that is down when the run starts is waited for like one that drops out.
+            let name = crate::capture::redact_credentials(spec);
+            let _ = links.opened.send(Ok(SourceInfo {
+                name: name.clone(),
+                fps: 0.0,
+                frame_count: None,
+            }));
+            match reopen(spec, source, &name, e.to_string(), config, links) {
+                Some(reader) => reader,
+                None => return Ok(()),
+            }
+        }
         Err(e) => {
             let message = e.to_string();
             let _ = links.opened.send(Err(e));
@@ -557,7 +572,10 @@ fn capture(
         fps: reader.fps(),
         frame_count: reader.frame_count(),
     };
-    let _ = links.opened.send(Ok(info.clone()));
+    // The run waits for one report per source: one reopened at the start made it above.
+    if !announced {
+        let _ = links.opened.send(Ok(info.clone()));
+    }
     let counted = &links.counters.sources[source];
     let pace = config.pacing == Pacing::Live && !reader.is_live();
     let reconnects = config.pacing == Pacing::Live && reader.is_live();
