@@ -162,8 +162,8 @@ impl Hub {
 
     /// Live-view and event clients connected now.
     pub fn clients(&self) -> (usize, usize) {
-        let viewers = self.viewers.iter().map(|v| lock(v).len()).sum();
-        (viewers, lock(&self.listeners).len())
+        let viewers = self.viewers.iter().map(connected).sum();
+        (viewers, connected(&self.listeners))
     }
 
     /// Ends every client's stream and refuses new ones (the service is stopping).
@@ -274,6 +274,11 @@ fn quantiles(values: &VecDeque<f64>) -> (f64, f64) {
     sorted.sort_by(f64::total_cmp);
     let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99))
+}
+
+/// Clients of `list` still connected (a gone one is forgotten at the next offer).
+fn connected<T>(list: &Mutex<Vec<mpsc::Sender<T>>>) -> usize {
+    lock(list).iter().filter(|tx| !tx.is_closed()).count()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
