@@ -22,7 +22,7 @@ use opencv::prelude::*;
 
 use crate::align::{AlignError, DLIB_TEMPLATE_150, similarity_transform};
 use crate::cv::{image_as_mat, mat_into_image};
-use crate::train::Rng;
+use crate::rng::Rng;
 use crate::types::{Face, Landmarks, RgbImage};
 
 /// The exaggeration strengths accepted: 1 leaves the face as it is, 2.5 is a strong caricature.

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod models;
 pub mod pipeline;
 pub mod render;
+pub mod rng;
 pub mod runtime;
 pub mod serve;
 pub mod sink;

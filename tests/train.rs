@@ -12,7 +12,7 @@ use carivis::detect::DetectorConfig;
 use carivis::embed::Embedder;
 use carivis::embed::{DLIB_SPEC, MULTI_TASK_SPEC};
 use carivis::eval::{Faces, verify};
-use carivis::train::Rng;
+use carivis::rng::Rng;
 use carivis::train::features::MapWorker;
 use carivis::train::net::{BatchInput, Branch, BranchWeights, MapFeatures, TASK_NAMES};
 use carivis::train::onnx::{DescriptorModel, encode, read_model, write_model};

@@ -7,6 +7,7 @@
 use serde::Serialize;
 
 use super::metrics::{self, MeanStd, Scored};
+use crate::rng::Rng;
 use crate::types::Modality;
 use crate::types::dot;
 
@@ -87,29 +88,6 @@ pub struct DirectionFigures {
     pub all: ClosedSet,
     /// Mean ± std over the splits.
     pub splits: SplitFigures,
-}
-
-/// A deterministic generator (SplitMix64) for splits and pair sampling.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
 }
 
 /// Per probe, the best similarity to each identity's gallery entries (−∞ without entries).
@@ -220,7 +198,7 @@ fn split_figures(
     let identities = scores.first().map_or(0, Vec::len);
     let mut figures: [Vec<f64>; 5] = Default::default();
     for split in 0..options.splits {
-        let mut rng = SplitMix(options.seed.wrapping_add(split as u64));
+        let mut rng = Rng::new(options.seed.wrapping_add(split as u64));
         let mut order = with_entries.to_vec();
         rng.shuffle(&mut order);
         let mut known = vec![false; identities];
@@ -312,7 +290,7 @@ pub fn pair_figures(
         }
     }
     let genuine = pairs.len();
-    let mut rng = SplitMix(options.seed);
+    let mut rng = Rng::new(options.seed);
     let mut impostors = Vec::with_capacity(options.impostor_pairs);
     let mut tries = 0usize;
     while impostors.len() < options.impostor_pairs && tries < options.impostor_pairs * 20 {
@@ -395,8 +373,8 @@ mod tests {
     #[test]
     fn shuffles_are_seeded() {
         let (mut a, mut b) = ((0..10).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
-        SplitMix(3).shuffle(&mut a);
-        SplitMix(3).shuffle(&mut b);
+        Rng::new(3).shuffle(&mut a);
+        Rng::new(3).shuffle(&mut b);
         assert_eq!(a, b);
         assert_ne!(a, (0..10).collect::<Vec<_>>());
     }

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
-use super::{Rng, TrainError};
+use super::TrainError;
+use crate::rng::Rng;
 use crate::types::{LabelledImage, Modality};
 
 /// What each image is used for.

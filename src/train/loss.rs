@@ -175,7 +175,7 @@ pub fn equal_weights(device: &Device) -> Result<Tensor, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::Rng;
+    use crate::rng::Rng;
     use crate::train::net::WeightUnit;
     use crate::train::onnx::TRUNK_LEN;
     use crate::train::optim::{RmsProp, RmsPropConfig};

@@ -20,12 +20,13 @@ use super::report::{
     CsvLog, EPOCH_HEADER, epoch_row, plot_log, step_header, step_row, upsert_readme_section,
 };
 use super::trainer::{EpochProgress, Examples, StepRecord, TrainOptions, Trainer, Validation};
-use super::{CheckpointError, Rng, TrainError, write_atomically};
+use super::{CheckpointError, TrainError, write_atomically};
 use crate::detect::DetectorConfig;
 use crate::eval::protocol::{named_by_pairs, read_layout, read_manifest};
 use crate::files::sha256_hex;
 use crate::jobs::{self, Progress};
 use crate::pipeline::still::FaceSearch;
+use crate::rng::Rng;
 use crate::runtime::{Device, Runtime, RuntimeConfig};
 use crate::types::{LabelledImage, Modality};
 

@@ -15,8 +15,9 @@ use super::net::{
 };
 use super::onnx::TRUNK_LEN;
 use super::optim::{RmsProp, RmsPropConfig};
-use super::{CheckpointError, Rng, TrainError};
+use super::{CheckpointError, TrainError};
 use crate::eval::metrics::{Scored, auc, rates_at, roc, threshold_at_far};
+use crate::rng::Rng;
 use crate::types::Modality;
 
 /// Rows per inference batch in validation.
