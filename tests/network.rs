@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use carivis::types::unix_now;
-use common::{free_port, repo_file as repo};
+use common::{free_port, metric, repo_file as repo};
 use serde_json::Value;
 
 /// The first `frames` frames of the sample video as JPEG files in `dir/frames`, the camera's
@@ -347,14 +347,6 @@ fn annotating_a_network_stream_ends_when_the_stream_ends() {
     assert_eq!(written.len(), 60);
     assert!(labelled >= 54, "{labelled}/60");
     assert!(video.is_file());
-}
-
-/// A metric's value in a `/metrics` scrape (the first line starting with `prefix`).
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// `curl -s URL` (with `--max-time seconds`): the body.

@@ -17,7 +17,7 @@ mod queues;
 mod stats;
 pub mod still;
 
-pub use stats::{Queue, QueueGauges, RateMeter, RunReport, SourceReport, StageStats};
+pub use stats::{Queue, QueueGauges, RateMeter, RunReport, Samples, SourceReport, StageStats};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,7 +39,7 @@ use crate::types::{
     RunEvent, SourceStatus, unix_now,
 };
 use queues::{FrameQueues, Work};
-use stats::{Samples, Timer};
+use stats::Timer;
 
 /// How frames are paced through the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

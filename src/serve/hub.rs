@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::pipeline::RateMeter;
+use crate::pipeline::{RateMeter, Samples};
 use crate::sink::{Control, FrameLine, Sink, SinkError};
 use crate::types::{AnnotatedFrame, ConnectionState, Modality, RunEvent};
 
@@ -265,15 +265,12 @@ impl Hub {
     }
 }
 
-/// The p50 and p99 of `values` (0 when empty).
+/// The p50 and p99 of `values` (0 when empty), as the run report computes them.
 fn quantiles(values: &VecDeque<f64>) -> (f64, f64) {
-    if values.is_empty() {
-        return (0.0, 0.0);
-    }
-    let mut sorted: Vec<f64> = values.iter().copied().collect();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
+    let mut samples = Samples::default();
+    values.iter().for_each(|&v| samples.push(v));
+    let stats = samples.stats("latency");
+    (stats.p50, stats.p99)
 }
 
 /// Clients of `list` still connected (a gone one is forgotten at the next offer).

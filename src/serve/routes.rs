@@ -236,15 +236,16 @@ async fn identify(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let gallery = service.gallery.current();
-    let (config, max_pixels) = (service.config.clone(), service.config.max_pixels);
+    let (thresholds, max_pixels) = (service.config.thresholds, service.config.max_pixels);
+    let top_k = query.top_k.unwrap_or(service.config.top_k);
     let faces = service
         .recognizers
         .run(move |faces| -> Result<_, ApiError> {
             let image = decode(&body, BODY_NAME, max_pixels)?;
             let options = IdentifyOptions {
                 modality: query.modality.unwrap_or(Modality::Photo),
-                thresholds: config.thresholds.as_ref(),
-                top_k: query.top_k.unwrap_or(config.top_k),
+                thresholds: thresholds.as_ref(),
+                top_k,
             };
             Ok(answers::identify(faces, &gallery, &image, options)?)
         })

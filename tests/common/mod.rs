@@ -168,3 +168,11 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A metric's value in a Prometheus scrape: the first line starting with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

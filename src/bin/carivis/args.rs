@@ -214,6 +214,13 @@ impl RecognizerArgs {
 }
 
 /// Opens MTCNN from the models folder.
+/// Workers as asked, else one per CPU core (at least one).
+pub fn asked_or_per_core(asked: Option<usize>) -> usize {
+    asked
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
 pub fn open_detector(runtime: &Runtime, models: &Path, config: DetectorConfig) -> Result<Mtcnn> {
     Mtcnn::open(runtime, models, config).context("cannot start the face detector")
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
 
-use crate::args::{BranchArg, PairFormatArg, RecognizerArgs};
+use crate::args::{BranchArg, PairFormatArg, RecognizerArgs, asked_or_per_core};
 use crate::progress::show_job;
 use crate::search_args::{FallbackArg, SearchArgs};
 use carivis::eval::cache::default_cache_dir;
@@ -125,10 +125,7 @@ fn with_faces<T>(
     common: &CommonArgs,
     evaluate: impl FnOnce(Faces) -> Result<T, EvalError>,
 ) -> Result<T> {
-    let jobs = common
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let jobs = asked_or_per_core(common.jobs);
     let workers = (0..jobs)
         .map(|_| common.recognizer.still_faces(search(common), true))
         .collect::<Result<Vec<_>>>()?;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::args::asked_or_per_core;
 use crate::gallery::WriterArgs;
 use crate::search_args::SearchArgs;
 use crate::video::{VideoArgs, print_report};
@@ -103,11 +104,7 @@ fn recognizers(args: &ServeArgs) -> Result<Vec<StillFaces>> {
     let mut recognizer = args.video.recognizer.clone();
     recognizer.detector.max_side = None;
     recognizer.detector.min_face = STILL_MIN_FACE;
-    let workers = args.api_workers.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| n as usize,
-    );
-    (0..workers)
+    (0..asked_or_per_core(args.api_workers.map(|n| n as usize)))
         .map(|_| recognizer.still_faces(args.search.search(), false))
         .collect()
 }

@@ -11,7 +11,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{
-    GalleryArg, ModalityArg, PacingArg, RecognizerArgs, open_detector, open_embedder,
+    GalleryArg, ModalityArg, PacingArg, RecognizerArgs, asked_or_per_core, open_detector,
+    open_embedder,
 };
 use carivis::align::Aligner;
 use carivis::capture::{list_cameras, open_source};
@@ -95,11 +96,9 @@ impl VideoArgs {
     /// Detection workers for `sources` inputs: as asked, or one per core, never more than
     /// the sources.
     fn workers(&self, sources: usize) -> usize {
-        let asked = self.detect_workers.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |n| n as usize,
-        );
-        asked.min(sources).max(1)
+        asked_or_per_core(self.detect_workers.map(|n| n as usize))
+            .min(sources)
+            .max(1)
     }
 
     fn source_timeout(&self) -> Duration {
