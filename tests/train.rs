@@ -14,7 +14,7 @@ use carivis::embed::{DLIB_SPEC, MULTI_TASK_SPEC};
 use carivis::eval::{Faces, verify};
 use carivis::rng::Rng;
 use carivis::train::features::MapWorker;
-use carivis::train::net::{BatchInput, Branch, BranchWeights, MapFeatures, TASK_NAMES};
+use carivis::train::net::{BranchWeights, MapFeatures, TASK_NAMES, embed_maps};
 use carivis::train::onnx::{DescriptorModel, encode, read_model, write_model};
 use carivis::types::RgbImage;
 use common::{
@@ -63,12 +63,8 @@ fn trunk_worker(descriptor: &DescriptorModel, dir: &Path) -> MapWorker {
 
 /// The trainer's embeddings (row-major) of `maps` through a branch with `weights`.
 fn branch_embeddings(weights: &BranchWeights, maps: &[MapFeatures]) -> Vec<f32> {
-    let device = candle_core::Device::Cpu;
-    let branch = Branch::new(weights, vec![0.0; 128 * 2], 2, None, &device).unwrap();
     let refs: Vec<&MapFeatures> = maps.iter().collect();
-    let input = BatchInput::new(&refs, &device).unwrap();
-    let out = branch.forward(&input, None).unwrap();
-    out.embedding.flatten_all().unwrap().to_vec1().unwrap()
+    embed_maps(weights, &refs, &candle_core::Device::Cpu).unwrap()
 }
 
 fn perturbed(weights: &BranchWeights, rng: &mut Rng, scale: f32) -> BranchWeights {

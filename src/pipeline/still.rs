@@ -140,6 +140,11 @@ impl StillChips {
             .collect()
     }
 
+    /// The five-point-aligned chip of a face with known landmarks.
+    pub fn landmarked_chip(&self, image: &RgbImage, face: &Face) -> Result<RgbImage, StillError> {
+        Ok(self.five_point.align(image, face)?)
+    }
+
     /// The chip of a face given by its box.
     pub fn box_chip(&self, image: &RgbImage, bbox: FaceBox) -> Result<RgbImage, StillError> {
         let face = Face {
@@ -270,7 +275,7 @@ impl StillFaces {
         image: &RgbImage,
         face: &Face,
     ) -> Result<Embedding, StillError> {
-        let chip = self.chips.five_point.align(image, face)?;
+        let chip = self.chips.landmarked_chip(image, face)?;
         self.embed_chip(&chip)
     }
 

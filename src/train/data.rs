@@ -15,7 +15,7 @@ use crate::types::{LabelledImage, Modality};
 pub enum Role {
     /// Trains the network.
     Train,
-    /// Chooses the epoch (same people as training, other images).
+    /// Chooses the epoch: other images of the training people, or whole validation people.
     Validation,
     /// A person left out of training entirely (the unseen-people check).
     Holdout,
@@ -30,8 +30,26 @@ pub struct SplitOptions {
     pub validation_fraction: f64,
     /// Number of whole people left out of training.
     pub holdout_identities: usize,
+    /// Whole people (besides the held-out ones) that validate instead of a share of each
+    /// person's images; 0 = validate on the training people's images.
+    #[serde(default)]
+    pub validation_identities: usize,
+    /// One fold of the unseen-people protocol: its people are held out (replaces
+    /// `holdout_identities`).
+    #[serde(default)]
+    pub fold: Option<Fold>,
     /// Seed of the split.
     pub seed: u64,
+}
+
+/// Fold `index` of `count` identity-disjoint folds: after the seeded shuffle of the people,
+/// person `k` is in fold `k mod count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fold {
+    /// Number of folds.
+    pub count: usize,
+    /// This fold (0-based).
+    pub index: usize,
 }
 
 /// The labelled images and the role of each.
@@ -101,8 +119,9 @@ pub fn check_images(images: &[LabelledImage], source: &Path) -> Result<(), Train
     Ok(())
 }
 
-/// Assigns roles: `excluded` images first, then `holdout_identities` whole people (chosen by
-/// the seed), then per person and modality a `validation_fraction` of the rest.
+/// Assigns roles: `excluded` images first, then the held-out people (`holdout_identities`
+/// chosen by the seed, or the people of `fold`), then the validation people or, without them,
+/// per person and modality a `validation_fraction` of the rest.
 pub fn split(
     images: Vec<LabelledImage>,
     excluded: &HashSet<usize>,
@@ -116,22 +135,37 @@ pub fn split(
         .into_iter()
         .collect();
     rng.shuffle(&mut people);
-    if options.holdout_identities + 2 > people.len() {
+    let held_out: HashSet<&str> = people
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| match options.fold {
+            Some(fold) => k % fold.count == fold.index,
+            None => k < options.holdout_identities,
+        })
+        .map(|(_, p)| p.as_str())
+        .collect();
+    let validation_people: HashSet<&str> = people
+        .iter()
+        .filter(|p| !held_out.contains(p.as_str()))
+        .take(options.validation_identities)
+        .map(String::as_str)
+        .collect();
+    let set_aside = held_out.len() + validation_people.len();
+    if set_aside + 2 > people.len() {
         return Err(TrainError::HoldoutTooLarge {
-            holdout: options.holdout_identities,
+            holdout: set_aside,
             people: people.len(),
         });
     }
-    let held_out: HashSet<&str> = people[..options.holdout_identities]
-        .iter()
-        .map(String::as_str)
-        .collect();
     let mut roles: Vec<Role> = (0..images.len())
         .map(|i| {
+            let person = images[i].identity.as_str();
             if excluded.contains(&i) {
                 Role::Excluded
-            } else if held_out.contains(images[i].identity.as_str()) {
+            } else if held_out.contains(person) {
                 Role::Holdout
+            } else if validation_people.contains(person) {
+                Role::Validation
             } else {
                 Role::Train
             }
@@ -146,7 +180,10 @@ pub fn split(
                 .push(i);
         }
     }
-    for members in groups.values_mut() {
+    for members in groups
+        .values_mut()
+        .filter(|_| options.validation_identities == 0)
+    {
         rng.shuffle(members);
         let n = (members.len() as f64 * options.validation_fraction).round() as usize;
         for &i in members.iter().take(n.min(members.len().saturating_sub(1))) {
@@ -205,6 +242,8 @@ mod tests {
         let options = SplitOptions {
             validation_fraction: 0.2,
             holdout_identities: 1,
+            validation_identities: 0,
+            fold: None,
             seed: 7,
         };
         let data = split(images, &HashSet::from([0]), &options).unwrap();
@@ -218,6 +257,59 @@ mod tests {
             assert!(data.class_of(i).is_some());
         }
         assert!(data.with_role(Role::Validation).len() >= 10);
+    }
+
+    /// The people of each role in a split.
+    fn people_with(data: &Dataset, role: Role) -> BTreeSet<String> {
+        data.with_role(role)
+            .into_iter()
+            .map(|i| data.images[i].identity.clone())
+            .collect()
+    }
+
+    #[test]
+    fn folds_are_identity_disjoint_and_cover_everyone() {
+        let mut images = Vec::new();
+        for person in 0..23 {
+            for k in 0..3 {
+                let name = format!("person {person}");
+                images.push(image(&format!("{person}/p{k}.jpg"), &name, Modality::Photo));
+                images.push(image(
+                    &format!("{person}/c{k}.jpg"),
+                    &name,
+                    Modality::Caricature,
+                ));
+            }
+        }
+        let count = 5;
+        let mut seen = BTreeSet::new();
+        for index in 0..count {
+            let options = SplitOptions {
+                validation_fraction: 0.1,
+                holdout_identities: 0,
+                validation_identities: 3,
+                fold: Some(Fold { count, index }),
+                seed: 11,
+            };
+            let data = split(images.clone(), &HashSet::new(), &options).unwrap();
+            let (test, validation, train) = (
+                people_with(&data, Role::Holdout),
+                people_with(&data, Role::Validation),
+                people_with(&data, Role::Train),
+            );
+            assert!((4..=5).contains(&test.len()), "fold {index}: {test:?}");
+            assert_eq!(validation.len(), 3);
+            assert!(test.is_disjoint(&validation) && test.is_disjoint(&train));
+            assert!(validation.is_disjoint(&train));
+            assert_eq!(test.len() + validation.len() + train.len(), 23);
+            assert_eq!(data.classes, train.iter().cloned().collect::<Vec<_>>());
+            assert!(
+                seen.is_disjoint(&test),
+                "fold {index} repeats a test person"
+            );
+            seen.extend(test);
+        }
+        assert_eq!(seen.len(), 23, "every person is tested in exactly one fold");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::embed::{EmbedError, chips_tensor};
 use crate::jobs::{CacheError, JobCache, Worker, cache_key};
 use crate::pipeline::still::{FaceSearch, StillChips, StillError};
 use crate::runtime::{Model, Runtime, RuntimeError};
-use crate::types::RgbImage;
+use crate::types::{Face, RgbImage};
 
 /// Side of the chips the trunk takes.
 pub const CHIP_SIZE: u32 = 150;
@@ -185,8 +185,23 @@ impl MapWorker {
             .collect())
     }
 
+    /// The image's largest face, if a pass finds one.
+    pub fn largest_face(&mut self, image: &RgbImage) -> Result<Option<Face>, MapError> {
+        Ok(self
+            .chips
+            .faces(image)?
+            .into_iter()
+            .next()
+            .map(|(f, _)| f.face))
+    }
+
+    /// The five-point-aligned chip of a face with known landmarks.
+    pub fn landmarked_chip(&self, image: &RgbImage, face: &Face) -> Result<RgbImage, MapError> {
+        Ok(self.chips.landmarked_chip(image, face)?)
+    }
+
     /// The maps of a chip and of its mirror image.
-    fn mirrored_pair(&mut self, chip: RgbImage) -> Result<Box<MapPair>, MapError> {
+    pub fn mirrored_pair(&mut self, chip: RgbImage) -> Result<Box<MapPair>, MapError> {
         let mirrored = image::imageops::flip_horizontal(&chip);
         let mut maps = self.maps(&[chip, mirrored])?.into_iter();
         match (maps.next(), maps.next()) {

@@ -5,8 +5,10 @@
 //! from a small unit trained so that the hardest task gets the most weight. The result is
 //! exported as one ONNX model the pipeline runs.
 
+pub mod bank;
 pub mod data;
 pub mod features;
+pub mod folds;
 pub mod loss;
 pub mod net;
 pub mod onnx;
@@ -46,9 +48,9 @@ pub enum TrainError {
         /// The one person.
         person: String,
     },
-    /// The held-out people leave fewer than two to train on.
+    /// The held-out and validation people leave fewer than two to train on.
     #[error(
-        "--holdout-identities {holdout} leaves fewer than two of the {people} people to train on"
+        "holding out {holdout} people (--holdout-identities, --cv-identities, --validation-identities) leaves fewer than two of the {people} people to train on"
     )]
     HoldoutTooLarge {
         /// People held out.

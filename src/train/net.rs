@@ -1,6 +1,6 @@
-//! The trainable part of the multi-task network (candle): three branches on the frozen trunk's
-//! 256×4×4 map, each a copy of dlib's last block with its own classifier, and the unit that
-//! generates the three task weights. Every tensor op is a matrix product because the block
+//! The trainable part of the multi-task network (candle): dlib's last block on the frozen
+//! trunk's 256×4×4 map, trained and shared by the three tasks, one head per task (projection
+//! and classifier), and the unit that generates the three task weights. Every tensor op is a matrix product because the block
 //! works on maps this small: its stride-2 3×3 convolution sees only the top-left 3×3 window
 //! of the 4×4 map, and its second 3×3 convolution (padding 1 on a 1×1 map) only its centre tap.
 
@@ -112,7 +112,7 @@ impl BatchInput {
     }
 }
 
-/// What a branch computes for a batch.
+/// What a task head computes for a batch.
 pub struct BranchOutput {
     /// The 128-d projection before normalisation (N×128); the classifier reads it.
     pub raw: Tensor,
@@ -122,95 +122,39 @@ pub struct BranchOutput {
     pub logits: Tensor,
 }
 
-/// One branch: the block, the projection and a softmax classifier over the training identities.
-pub struct Branch {
+/// dlib's last block (stride-2 3×3 convolution, ReLU, the second convolution's centre tap,
+/// the zero-padded residual add, ReLU, global average), trained and shared by the three
+/// tasks: every task's loss reaches it, so the task weights trade the tasks off.
+pub struct Block {
     w1t: Var,
     b1: Var,
     w2t: Var,
     b2: Var,
-    wfc: Var,
-    classifier_w: Var,
-    classifier_b: Var,
-    cosine_scale: Option<f64>,
 }
 
-impl Branch {
-    /// A branch starting from `weights`, with a classifier initialised from `classifier_init`
-    /// (`EMBEDDING_DIM × classes`, row-major): linear on the raw projection, or, with
-    /// `cosine_scale`, `scale × cos(embedding, class weight)` (no bias).
-    pub fn new(
-        weights: &BranchWeights,
-        classifier_init: Vec<f32>,
-        classes: usize,
-        cosine_scale: Option<f64>,
-        device: &Device,
-    ) -> Result<Self, TrainError> {
-        let var = |data: &[f32], shape: (usize, usize)| -> Result<Var, TrainError> {
-            Ok(Var::from_tensor(&Tensor::from_slice(data, shape, device)?)?)
-        };
-        let transposed = |data: &[f32], rows: usize, cols: usize| -> Result<Var, TrainError> {
-            let t = Tensor::from_slice(data, (rows, cols), device)?
-                .t()?
-                .contiguous()?;
-            Ok(Var::from_tensor(&t)?)
-        };
+impl Block {
+    /// The block with the convolutions of `weights`.
+    pub fn new(weights: &BranchWeights, device: &Device) -> Result<Self, TrainError> {
         Ok(Self {
-            w1t: transposed(&weights.w1, CHANNELS, WINDOW_LEN)?,
-            b1: var(&weights.b1, (1, CHANNELS))?,
-            w2t: transposed(&weights.w2, CHANNELS, CHANNELS)?,
-            b2: var(&weights.b2, (1, CHANNELS))?,
-            wfc: var(&weights.wfc, (CHANNELS, EMBEDDING_DIM))?,
-            classifier_w: var(&classifier_init, (EMBEDDING_DIM, classes))?,
-            classifier_b: Var::zeros((1, classes), DType::F32, device)?,
-            cosine_scale,
+            w1t: transposed_var(&weights.w1, CHANNELS, WINDOW_LEN, device)?,
+            b1: var(&weights.b1, (1, CHANNELS), device)?,
+            w2t: transposed_var(&weights.w2, CHANNELS, CHANNELS, device)?,
+            b2: var(&weights.b2, (1, CHANNELS), device)?,
         })
     }
 
-    /// Every trainable variable, block then classifier, in a fixed order (checkpoints rely
-    /// on it).
+    /// The block's variables, in a fixed order (checkpoints rely on it).
     pub fn vars(&self) -> Vec<&Var> {
-        let mut vars = self.block_vars();
-        vars.extend(self.classifier_vars());
-        vars
+        vec![&self.w1t, &self.b1, &self.w2t, &self.b2]
     }
 
-    /// The pretrained block's variables (left alone during warm-up).
-    pub fn block_vars(&self) -> Vec<&Var> {
-        vec![&self.w1t, &self.b1, &self.w2t, &self.b2, &self.wfc]
-    }
-
-    /// The classifier's variables (trained alone during warm-up).
-    pub fn classifier_vars(&self) -> Vec<&Var> {
-        vec![&self.classifier_w, &self.classifier_b]
-    }
-
-    /// The block's current weights in export layout.
-    pub fn weights(&self) -> Result<BranchWeights, TrainError> {
-        let flat = |v: &Var| -> Result<Vec<f32>, TrainError> {
-            Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?)
-        };
-        let untransposed = |v: &Var| -> Result<Vec<f32>, TrainError> {
-            Ok(v.as_tensor()
-                .t()?
-                .contiguous()?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        };
-        Ok(BranchWeights {
-            w1: untransposed(&self.w1t)?,
-            b1: flat(&self.b1)?,
-            w2: untransposed(&self.w2t)?,
-            b2: flat(&self.b2)?,
-            wfc: flat(&self.wfc)?,
-        })
-    }
-
-    /// Runs the branch; `dropout_mask` (N×256, already scaled by 1/(1−p)) only in training.
+    /// The pooled 256-channel output (N×256); `dropout_mask` (N×256, already scaled by
+    /// 1/(1−p)) only in training.
     pub fn forward(
         &self,
         input: &BatchInput,
         dropout_mask: Option<&Tensor>,
-    ) -> Result<BranchOutput, TrainError> {
+    ) -> Result<Tensor, TrainError> {
         let h1 = input
             .window
             .matmul(self.w1t.as_tensor())?
@@ -220,16 +164,91 @@ impl Branch {
             .matmul(self.w2t.as_tensor())?
             .broadcast_add(self.b2.as_tensor())?;
         let pooled = ((input.corner.add(&h2)?.relu()? + &input.rest)? * 0.25)?;
-        let pooled = match dropout_mask {
+        Ok(match dropout_mask {
             Some(mask) => pooled.mul(mask)?,
             None => pooled,
-        };
+        })
+    }
+
+    /// The convolutions' current weights with `wfc` as the projection (export layout).
+    pub fn weights_with(&self, wfc: Vec<f32>) -> Result<BranchWeights, TrainError> {
+        Ok(BranchWeights {
+            w1: untransposed(&self.w1t)?,
+            b1: flat(&self.b1)?,
+            w2: untransposed(&self.w2t)?,
+            b2: flat(&self.b2)?,
+            wfc,
+        })
+    }
+}
+
+/// One task's head on the shared block: its own 256→128 projection (starting as dlib's) and a
+/// softmax classifier over the training identities.
+pub struct Head {
+    wfc: Var,
+    classifier_w: Var,
+    classifier_b: Var,
+    cosine_scale: Option<f64>,
+}
+
+impl Head {
+    /// A head with projection `wfc` (`256 × 128`, row-major) and a classifier initialised from
+    /// `classifier_init` (`EMBEDDING_DIM × classes`): linear on the raw projection, or, with
+    /// `cosine_scale`, `scale × cos(embedding, class weight)` (no bias).
+    pub fn new(
+        wfc: &[f32],
+        classifier_init: Vec<f32>,
+        classes: usize,
+        cosine_scale: Option<f64>,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        Ok(Self {
+            wfc: var(wfc, (CHANNELS, EMBEDDING_DIM), device)?,
+            classifier_w: var(&classifier_init, (EMBEDDING_DIM, classes), device)?,
+            classifier_b: Var::zeros((1, classes), DType::F32, device)?,
+            cosine_scale,
+        })
+    }
+
+    /// Every trainable variable, projection then classifier, in a fixed order.
+    pub fn vars(&self) -> Vec<&Var> {
+        vec![&self.wfc, &self.classifier_w, &self.classifier_b]
+    }
+
+    /// The pretrained projection (learns at the blocks' rate, left alone during warm-up).
+    pub fn projection_var(&self) -> &Var {
+        &self.wfc
+    }
+
+    /// The classifier's variables (trained alone during warm-up).
+    pub fn classifier_vars(&self) -> Vec<&Var> {
+        vec![&self.classifier_w, &self.classifier_b]
+    }
+
+    /// The projection's current weights.
+    pub fn projection(&self) -> Result<Vec<f32>, TrainError> {
+        flat(&self.wfc)
+    }
+
+    /// Projects the block's pooled output; `margin` (N×classes: the additive margin at each
+    /// row's label, zero elsewhere) is subtracted from the cosines before scaling (CosFace),
+    /// only in training and only with a cosine classifier.
+    pub fn forward(
+        &self,
+        pooled: &Tensor,
+        margin: Option<&Tensor>,
+    ) -> Result<BranchOutput, TrainError> {
         let raw = pooled.matmul(self.wfc.as_tensor())?;
         let embedding = l2_normalise_rows(&raw)?;
         let logits = match self.cosine_scale {
             Some(scale) => {
                 let columns = l2_normalise_rows(&self.classifier_w.as_tensor().t()?)?.t()?;
-                (embedding.matmul(&columns)? * scale)?
+                let cosines = embedding.matmul(&columns)?;
+                let cosines = match margin {
+                    Some(margin) => cosines.sub(margin)?,
+                    None => cosines,
+                };
+                (cosines * scale)?
             }
             None => raw
                 .matmul(self.classifier_w.as_tensor())?
@@ -241,6 +260,52 @@ impl Branch {
             logits,
         })
     }
+}
+
+/// Normalised embeddings (row-major, 128 per map) of a block and projection given as plain
+/// weights, for evaluation (dlib's own descriptor when `weights` are dlib's).
+pub fn embed_maps(
+    weights: &BranchWeights,
+    maps: &[&MapFeatures],
+    device: &Device,
+) -> Result<Vec<f32>, TrainError> {
+    let block = Block::new(weights, device)?;
+    let projection = var(&weights.wfc, (CHANNELS, EMBEDDING_DIM), device)?;
+    let mut out = Vec::with_capacity(maps.len() * EMBEDDING_DIM);
+    for chunk in maps.chunks(512) {
+        let pooled = block.forward(&BatchInput::new(chunk, device)?, None)?;
+        let embedding = l2_normalise_rows(&pooled.matmul(projection.as_tensor())?)?;
+        out.extend(embedding.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+fn var(data: &[f32], shape: (usize, usize), device: &Device) -> Result<Var, TrainError> {
+    Ok(Var::from_tensor(&Tensor::from_slice(data, shape, device)?)?)
+}
+
+fn transposed_var(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    device: &Device,
+) -> Result<Var, TrainError> {
+    let t = Tensor::from_slice(data, (rows, cols), device)?
+        .t()?
+        .contiguous()?;
+    Ok(Var::from_tensor(&t)?)
+}
+
+fn flat(v: &Var) -> Result<Vec<f32>, TrainError> {
+    Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?)
+}
+
+fn untransposed(v: &Var) -> Result<Vec<f32>, TrainError> {
+    Ok(v.as_tensor()
+        .t()?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 /// Each row divided by its L2 norm (rows of zeros stay near zero).

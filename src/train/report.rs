@@ -16,6 +16,7 @@ pub fn step_header() -> String {
     for group in ["loss", "cross_entropy", "centre", "weight", "accuracy"] {
         columns.extend(TASK_NAMES.iter().map(|t| format!("{group}_{t}")));
     }
+    columns.push("anchor".into());
     columns.push("grad_norm".into());
     columns.join(",")
 }
@@ -30,25 +31,28 @@ pub fn step_row(r: &StepRecord) -> String {
     for group in [r.loss, r.cross_entropy, r.centre, r.weight, r.accuracy] {
         fields.extend(group.iter().map(|v| format!("{v:.6}")));
     }
+    fields.push(format!("{:.6}", r.anchor));
     fields.push(format!("{:.6}", r.grad_norm));
     fields.join(",")
 }
 
 /// Header of the per-epoch log.
 pub const EPOCH_HEADER: &str = "epoch,seconds,val_accuracy_shared,val_accuracy_photo,\
-val_accuracy_caricature,val_cross_modal_auc,val_cross_modal_tar_far1,mean_weight_shared,\
-mean_weight_photo,mean_weight_caricature";
+val_accuracy_caricature,val_cross_modal_auc,val_cross_modal_tar_far1,val_photo_auc,\
+val_photo_tar_far1,mean_weight_shared,mean_weight_photo,mean_weight_caricature";
 
 /// One row of the per-epoch log.
 pub fn epoch_row(epoch: usize, seconds: f64, v: &Validation, mean_weight: [f64; 3]) -> String {
     let acc = v.accuracy.unwrap_or([f32::NAN; 3]);
     format!(
-        "{epoch},{seconds:.1},{:.4},{:.4},{:.4},{:.5},{:.4},{:.4},{:.4},{:.4}",
+        "{epoch},{seconds:.1},{:.4},{:.4},{:.4},{:.5},{:.4},{:.5},{:.4},{:.4},{:.4},{:.4}",
         acc[0],
         acc[1],
         acc[2],
         v.cross_modal_auc,
         v.cross_modal_tar,
+        v.photo_auc,
+        v.photo_tar,
         mean_weight[0],
         mean_weight[1],
         mean_weight[2]
@@ -260,6 +264,7 @@ mod tests {
             centre: [0.1; 3],
             weight: [0.3; 3],
             accuracy: [0.5; 3],
+            anchor: 0.1,
             grad_norm: 2.0,
         };
         assert_eq!(

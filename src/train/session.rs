@@ -12,9 +12,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::bank::{BankCache, BankSettings, BankWorker};
 use super::data::{Dataset, Role, SplitOptions, check_images, split};
 use super::features::{CHIP_SIZE, ImageMaps, MapCache, MapWorker};
-use super::net::{BranchWeights, MapFeatures, TASK_NAMES};
+use super::net::{BranchWeights, MapFeatures, TASK_NAMES, embed_maps};
 use super::onnx::{DescriptorModel, encode, read_model, write_model};
 use super::report::{
     CsvLog, EPOCH_HEADER, epoch_row, plot_log, step_header, step_row, upsert_readme_section,
@@ -23,8 +24,9 @@ use super::trainer::{EpochProgress, Examples, StepRecord, TrainOptions, Trainer,
 use super::{CheckpointError, TrainError, write_atomically};
 use crate::detect::DetectorConfig;
 use crate::eval::protocol::{named_by_pairs, read_layout, read_manifest};
+use crate::eval::unseen::{UnseenFigures, UnseenSet, unseen_figures};
 use crate::files::sha256_hex;
-use crate::jobs::{self, Progress};
+use crate::jobs::{self, Progress, cache_key};
 use crate::pipeline::still::FaceSearch;
 use crate::rng::Rng;
 use crate::runtime::{Device, Runtime, RuntimeConfig};
@@ -97,6 +99,8 @@ pub struct TrainConfig {
     pub faces: FaceSearch,
     /// Images without a detected face.
     pub no_face: NoFace,
+    /// Synthetic caricatures of the training photos added to training.
+    pub bank: BankSettings,
     /// The hyper-parameters.
     pub options: TrainOptions,
     /// The figure that chooses the exported epoch.
@@ -252,6 +256,8 @@ pub struct DataSummary {
     pub validation: usize,
     /// Images of held-out people with maps.
     pub unseen: Option<usize>,
+    /// Synthetic caricatures of the training photos added to training.
+    pub synthetic: usize,
 }
 
 impl std::fmt::Display for DataSummary {
@@ -280,7 +286,15 @@ impl std::fmt::Display for DataSummary {
             self.validation,
             self.unseen
                 .map_or(String::new(), |n| format!("; unseen people {n} images"))
-        )
+        )?;
+        if self.synthetic > 0 {
+            write!(
+                f,
+                "\nplus {} synthetic caricatures of the training photos",
+                self.synthetic
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -313,6 +327,8 @@ pub struct Summary {
     pub total_seconds: f64,
     /// Seconds of training steps in this run.
     pub training_seconds: f64,
+    /// dlib's own descriptor's unseen-people figures on the same held-out people.
+    pub unseen_dlib: Option<UnseenFigures>,
     /// The summary written to `summary.json`.
     pub json: serde_json::Value,
 }
@@ -355,6 +371,13 @@ pub struct Best {
     pub validation: Validation,
     /// Its figures on held-out people.
     pub holdout: Option<Validation>,
+    /// Whether the exported photo branch is dlib's own descriptor (no trained photo branch
+    /// reached dlib's photo–photo AUC and TAR on the validation images).
+    #[serde(default)]
+    pub photo_is_dlib: bool,
+    /// Every unseen-people figure of the exported model on the held-out people.
+    #[serde(default)]
+    pub unseen: Option<UnseenFigures>,
 }
 
 /// What decides which images train and validate; a resumed run must use the same.
@@ -368,6 +391,16 @@ pub struct DataRecord {
     pub no_face: NoFace,
     /// How faces were searched for ([`FaceSearch::describe`]).
     pub faces: String,
+    /// The synthetic-caricature bank.
+    #[serde(default = "no_bank")]
+    pub bank: BankSettings,
+}
+
+fn no_bank() -> BankSettings {
+    BankSettings {
+        variants: 0,
+        seed: 0,
+    }
 }
 
 impl DataRecord {
@@ -377,6 +410,7 @@ impl DataRecord {
             exclude_pairs: config.exclude_pairs.clone(),
             no_face: config.no_face,
             faces: config.faces.describe(),
+            bank: config.bank,
         }
     }
 }
@@ -408,7 +442,7 @@ impl EpochState {
 }
 
 /// The checkpoint format this build writes and reads; older ones are refused.
-pub const CHECKPOINT_FORMAT: u64 = 3;
+pub const CHECKPOINT_FORMAT: u64 = 4;
 
 /// The checkpoint's description (`checkpoint.json`); its tensors are in a safetensors file
 /// named by [`Checkpoint::tensors`].
@@ -440,8 +474,8 @@ pub struct Checkpoint {
     pub seconds: f64,
 }
 
-/// The description's file name in the run folder.
-const CHECKPOINT_FILE: &str = "checkpoint.json";
+/// The checkpoint description's file name in a run folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 
 impl Checkpoint {
     /// Writes the tensors to a new file, then the description naming it (so a crash between
@@ -510,6 +544,7 @@ pub struct Prepared {
     dataset: Dataset,
     train: Examples,
     validation: Examples,
+    validation_classified: bool,
     holdout: Option<Examples>,
     descriptor: DescriptorModel,
     pretrained: BranchWeights,
@@ -597,7 +632,19 @@ pub fn prepare(
     }
     let faces = face_counts(&dataset, &wanted, &maps);
     let by_image: HashMap<usize, Option<ImageMaps>> = wanted.into_iter().zip(maps).collect();
-    let (train, validation, holdout) = examples_by_role(&dataset, &by_image);
+    let (mut train, validation, holdout) = examples_by_role(&dataset, &by_image);
+    let Some(synthetic) = add_bank(
+        config,
+        &dataset,
+        &hashes,
+        &trunk_path,
+        &mut train,
+        events,
+        stop,
+    )?
+    else {
+        return Ok(None);
+    };
     if train.is_empty() {
         return Err(TrainError::NoTrainingFaces);
     }
@@ -610,11 +657,13 @@ pub fn prepare(
         people: dataset.classes.len(),
         validation: validation.len(),
         unseen: holdout.as_ref().map(Examples::len),
+        synthetic,
     };
     Ok(Some(Prepared {
         dataset,
         train,
         validation,
+        validation_classified: config.split.validation_identities == 0,
         holdout,
         descriptor,
         pretrained,
@@ -710,6 +759,74 @@ fn compute_maps(
         .collect())
 }
 
+/// Adds the synthetic caricatures of the training photos (from the bank's cache, or made by
+/// `config.jobs` workers) to `train` as caricatures of the photo's person; returns how many,
+/// `None` when Ctrl-C stopped it.
+fn add_bank(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    hashes: &[String],
+    trunk: &Path,
+    train: &mut Examples,
+    events: &dyn Fn(Event),
+    stop: &AtomicBool,
+) -> Result<Option<usize>, TrainError> {
+    if config.bank.variants == 0 {
+        return Ok(Some(0));
+    }
+    let photos: Vec<usize> = dataset
+        .with_role(Role::Train)
+        .into_iter()
+        .filter(|&i| dataset.images[i].modality == Modality::Photo)
+        .collect();
+    let runtime = Runtime::init(RuntimeConfig {
+        device: Device::Auto,
+        intra_threads: 1,
+    })?;
+    let workers = (0..config.jobs.max(1))
+        .map(|_| {
+            let maps = MapWorker::open(
+                &runtime,
+                &config.models_dir,
+                trunk,
+                DetectorConfig::default(),
+                config.faces.clone(),
+                false,
+            )?;
+            Ok(BankWorker::new(maps, config.bank))
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    let trunk_dir = trunk.parent().unwrap_or(Path::new("."));
+    let mut cache =
+        BankCache::new(&trunk_dir.join(format!("bank-{}", cache_key("", &config.bank.describe()))));
+    let paths: Vec<PathBuf> = photos
+        .iter()
+        .map(|&i| dataset.images[i].path.clone())
+        .collect();
+    let photo_hashes = photos.iter().map(|&i| Ok(hashes[i].clone())).collect();
+    let progress = |p| events(Event::Jobs(p));
+    let (outcomes, _) = jobs::run(&paths, photo_hashes, workers, &mut cache, &progress, stop)?;
+    if stop.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let mut added = 0;
+    for (&i, outcome) in photos.iter().zip(outcomes) {
+        let (Ok(variants), Some(label)) = (outcome, dataset.class_of(i)) else {
+            continue;
+        };
+        for pair in variants {
+            let [a, b] = *pair;
+            train
+                .maps
+                .push([MapFeatures::from_map(&a), MapFeatures::from_map(&b)]);
+            train.labels.push(label);
+            train.modalities.push(Modality::Caricature);
+            added += 1;
+        }
+    }
+    Ok(Some(added))
+}
+
 /// How many images of each modality had a face, were used whole, had none, or were unreadable.
 fn face_counts(
     dataset: &Dataset,
@@ -760,23 +877,43 @@ fn examples_by_role(
     };
     let class_of = |i: usize| dataset.class_of(i);
     let train = examples(Role::Train, &class_of);
-    let validation = examples(Role::Validation, &class_of);
-    let holdout_people: Vec<String> = dataset
-        .with_role(Role::Holdout)
+    let validation_people = people_of(dataset, Role::Validation);
+    let validation_trained = validation_people
+        .first()
+        .is_none_or(|p| dataset.classes.binary_search(p).is_ok());
+    let validation = if validation_trained {
+        examples(Role::Validation, &class_of)
+    } else {
+        examples(Role::Validation, &person_label(dataset, &validation_people))
+    };
+    let holdout_people = people_of(dataset, Role::Holdout);
+    let holdout = (!holdout_people.is_empty())
+        .then(|| examples(Role::Holdout, &person_label(dataset, &holdout_people)));
+    (train, validation, holdout)
+}
+
+/// The people (sorted) with images of `role`.
+fn people_of(dataset: &Dataset, role: Role) -> Vec<String> {
+    dataset
+        .with_role(role)
         .into_iter()
         .map(|i| dataset.images[i].identity.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .collect();
-    let holdout = (!holdout_people.is_empty()).then(|| {
-        examples(Role::Holdout, &|i: usize| {
-            holdout_people
-                .binary_search(&dataset.images[i].identity)
-                .ok()
-                .map(|p| p as u32)
-        })
-    });
-    (train, validation, holdout)
+        .collect()
+}
+
+/// Labels images by their person's position in `people` (people who are not classes).
+fn person_label<'a>(
+    dataset: &'a Dataset,
+    people: &'a [String],
+) -> impl Fn(usize) -> Option<u32> + 'a {
+    move |i| {
+        people
+            .binary_search(&dataset.images[i].identity)
+            .ok()
+            .map(|p| p as u32)
+    }
 }
 
 /// Refuses a validation set that cannot choose an epoch: it needs a person with both a photo
@@ -929,8 +1066,9 @@ fn train(
             batch: progress.as_ref().map(|p| p.position.next_batch),
         });
     }
+    let dlib = dlib_validation(prepared, &config.options)?;
     if trainer.steps_done() == 0 {
-        validate_before(&trainer, prepared, events)?;
+        report_before(&dlib, &trainer, prepared, events)?;
     }
     std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io {
         path: run_dir.clone(),
@@ -969,7 +1107,7 @@ fn train(
             save_checkpoint(config, &trainer, prepared, position, &best, elapsed())?;
             return Ok(Finish::Interrupted { checkpoint: true });
         }
-        let validation = trainer.validate(&prepared.validation, true)?;
+        let validation = trainer.validate(&prepared.validation, prepared.validation_classified)?;
         let holdout = match &prepared.holdout {
             Some(h) => Some(trainer.validate(h, false)?),
             None => None,
@@ -988,15 +1126,20 @@ fn train(
             .as_ref()
             .is_none_or(|b| config.select.score(&validation) > config.select.score(&b.validation));
         if improved {
-            export(
-                &prepared.descriptor,
-                &trainer.branch_weights()?,
-                &run_dir.join(BEST_MODEL),
-            )?;
+            let photo_is_dlib =
+                validation.photo_auc < dlib.photo_auc || validation.photo_tar < dlib.photo_tar;
+            let mut weights = trainer.branch_weights()?;
+            if photo_is_dlib {
+                weights[1] = prepared.pretrained.clone();
+            }
+            export(&prepared.descriptor, &weights, &run_dir.join(BEST_MODEL))?;
+            let unseen = unseen_of(&weights[0], &weights[1], prepared, config.split.seed)?;
             best = Some(Best {
                 epoch,
                 validation,
                 holdout,
+                photo_is_dlib,
+                unseen,
             });
         }
         save_checkpoint(
@@ -1025,19 +1168,54 @@ fn train(
     )
 }
 
+/// The validation figures of dlib's own descriptor (the untrained network: every head starts
+/// as dlib's last block).
+fn dlib_validation(prepared: &Prepared, options: &TrainOptions) -> Result<Validation, TrainError> {
+    let untrained = Trainer::new(
+        &prepared.pretrained,
+        prepared.dataset.classes.len(),
+        options.clone(),
+    )?;
+    untrained.validate(&prepared.validation, false)
+}
+
+/// The unseen-people figures of a model whose cross-modal and photo branches have these
+/// weights, on the held-out people (`None` without them).
+fn unseen_of(
+    cross: &BranchWeights,
+    photo: &BranchWeights,
+    prepared: &Prepared,
+    seed: u64,
+) -> Result<Option<UnseenFigures>, TrainError> {
+    let Some(holdout) = &prepared.holdout else {
+        return Ok(None);
+    };
+    let maps: Vec<&MapFeatures> = holdout.maps.iter().map(|m| &m[0]).collect();
+    let device = candle_core::Device::Cpu;
+    let cross = embed_maps(cross, &maps, &device)?;
+    let photo = embed_maps(photo, &maps, &device)?;
+    let set = UnseenSet {
+        cross: &cross,
+        photo: &photo,
+        people: &holdout.labels,
+        modalities: &holdout.modalities,
+    };
+    Ok(Some(unseen_figures(&set, seed)?))
+}
+
 /// Reports the validation figures of the untrained network.
-fn validate_before(
+fn report_before(
+    before: &Validation,
     trainer: &Trainer,
     prepared: &Prepared,
     events: &dyn Fn(Event),
 ) -> Result<(), TrainError> {
-    let before = trainer.validate(&prepared.validation, false)?;
     let unseen = match &prepared.holdout {
         Some(holdout) => Some(trainer.validate(holdout, false)?),
         None => None,
     };
     events(Event::Before {
-        validation: &before,
+        validation: before,
         unseen: unseen.as_ref(),
     });
     Ok(())
@@ -1098,6 +1276,12 @@ fn finish(
     write_atomically(&config.out, &model)?;
     let plots = plot_log(&run_dir.join("steps.csv"), run_dir, per_epoch.max(1))?;
     let training_seconds = train_started.elapsed().as_secs_f64();
+    let unseen_dlib = unseen_of(
+        &prepared.pretrained,
+        &prepared.pretrained,
+        prepared,
+        config.split.seed,
+    )?;
     let json = serde_json::json!({
         "model": config.out,
         "sha256": sha256_hex(&model),
@@ -1112,6 +1296,9 @@ fn finish(
         "best_epoch": best.epoch + 1,
         "validation": best.validation,
         "unseen_people": best.holdout,
+        "unseen_people_figures": best.unseen,
+        "unseen_people_dlib": unseen_dlib,
+        "photo_branch_is_dlib": best.photo_is_dlib,
         "seconds_total": total_seconds,
         "seconds_training": training_seconds,
         "peak_memory_kib": peak_memory_kib(),
@@ -1133,6 +1320,7 @@ fn finish(
         plots,
         total_seconds,
         training_seconds,
+        unseen_dlib,
         json,
     })))
 }
@@ -1239,6 +1427,8 @@ mod tests {
             unit_lr_multiplier: 10.0,
             logit_scale: 1.0,
             cosine_scale: 16.0,
+            margin: 0.1,
+            dlib_anchor: 0.5,
             centre_weight: 0.1,
             centre_alpha: 0.5,
             dropout: 0.2,
@@ -1258,9 +1448,15 @@ mod tests {
             split: SplitOptions {
                 validation_fraction: 0.25,
                 holdout_identities: 0,
+                validation_identities: 0,
+                fold: None,
                 seed: 5,
             },
             no_face: NoFace::Fallback,
+            bank: BankSettings {
+                variants: 0,
+                seed: 0,
+            },
             faces: FaceSearch::default(),
             options: options(),
             select: Selection::Auc,
@@ -1316,6 +1512,7 @@ mod tests {
             },
             train: examples(6, &mut rng),
             validation: examples(2, &mut rng),
+            validation_classified: true,
             holdout: None,
             descriptor,
             pretrained,
@@ -1328,6 +1525,7 @@ mod tests {
                 people: PEOPLE as usize,
                 validation: 0,
                 unseen: None,
+                synthetic: 0,
             },
         }
     }

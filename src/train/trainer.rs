@@ -11,7 +11,8 @@ use super::loss::{
     CentreTable, Objectives, TaskLoss, Weighting, equal_weights, objectives, task_loss,
 };
 use super::net::{
-    BatchInput, Branch, BranchWeights, CHANNELS, EMBEDDING_DIM, MapFeatures, TASKS, WeightUnit,
+    BatchInput, Block, BranchOutput, BranchWeights, CHANNELS, EMBEDDING_DIM, Head, MapFeatures,
+    TASKS, WeightUnit, l2_normalise_rows,
 };
 use super::onnx::TRUNK_LEN;
 use super::optim::{RmsProp, RmsPropConfig};
@@ -47,6 +48,11 @@ pub struct TrainOptions {
     /// Classifier: `scale × cosine` of normalised embedding and class weights when > 0, else
     /// linear on the raw projection (the original's).
     pub cosine_scale: f64,
+    /// Additive cosine margin at the true class (CosFace) with the cosine classifier; 0 = none.
+    pub margin: f64,
+    /// Weight of the term that keeps the photos' shared and photo embeddings close to dlib's
+    /// descriptor (`mean 1 − cos`), against forgetting what dlib knows; 0 = none.
+    pub dlib_anchor: f64,
     /// Weight of the centre loss in each task loss.
     pub centre_weight: f64,
     /// α of the centre update.
@@ -102,7 +108,9 @@ pub struct StepRecord {
     pub weight: [f32; TASKS],
     /// Training-batch accuracy per task.
     pub accuracy: [f32; TASKS],
-    /// Global gradient norm of the branches before clipping.
+    /// The dlib-anchor term (`mean 1 − cos` to dlib's descriptor over the batch's photos).
+    pub anchor: f32,
+    /// Global gradient norm of the network before clipping.
     pub grad_norm: f64,
 }
 
@@ -118,13 +126,19 @@ pub struct Validation {
     pub cross_modal_tar: f64,
     /// Number of caricature–photo pairs scored.
     pub pairs: usize,
+    /// AUC of every photo–photo pair, photo branch.
+    pub photo_auc: f64,
+    /// TAR at FAR 1% over the same pairs.
+    pub photo_tar: f64,
 }
 
 /// The network, its optimisers and centre tables.
 pub struct Trainer {
     options: TrainOptions,
     device: Device,
-    branches: Vec<Branch>,
+    block: Block,
+    heads: Vec<Head>,
+    reference: Option<(Block, Tensor)>,
     unit: WeightUnit,
     centres: Vec<CentreTable>,
     network_optimiser: RmsProp,
@@ -134,8 +148,8 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A fresh network: every branch starts from `pretrained`; classifiers and the unit are
-    /// drawn from the seed.
+    /// A fresh network: the shared block and every head's projection start from `pretrained`;
+    /// classifiers and the unit are drawn from the seed.
     pub fn new(
         pretrained: &BranchWeights,
         classes: usize,
@@ -144,27 +158,37 @@ impl Trainer {
         let device = Device::Cpu;
         let mut rng = Rng::new(options.seed);
         let classifier_std = (2.0 / (EMBEDDING_DIM + classes) as f32).sqrt();
-        let branches = (0..TASKS)
+        let block = Block::new(pretrained, &device)?;
+        let heads = (0..TASKS)
             .map(|_| {
                 let init = (0..EMBEDDING_DIM * classes)
                     .map(|_| rng.normal() * classifier_std)
                     .collect();
                 let scale = (options.cosine_scale > 0.0).then_some(options.cosine_scale);
-                Branch::new(pretrained, init, classes, scale, &device)
+                Head::new(&pretrained.wfc, init, classes, scale, &device)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let reference = if options.dlib_anchor > 0.0 {
+            let projection =
+                Tensor::from_slice(&pretrained.wfc, (CHANNELS, EMBEDDING_DIM), &device)?;
+            Some((Block::new(pretrained, &device)?, projection))
+        } else {
+            None
+        };
         let unit_init = (0..TRUNK_LEN * TASKS)
             .map(|_| rng.normal() * 0.01)
             .collect();
         let unit = WeightUnit::new(unit_init, options.logit_scale, &device)?;
         let mut network_vars: Vec<Var> = Vec::new();
         let mut multipliers = Vec::new();
-        for branch in &branches {
-            for var in branch.block_vars() {
-                network_vars.push(var.clone());
-                multipliers.push(options.block_lr_multiplier);
-            }
-            for var in branch.classifier_vars() {
+        for var in block.vars() {
+            network_vars.push(var.clone());
+            multipliers.push(options.block_lr_multiplier);
+        }
+        for head in &heads {
+            network_vars.push(head.projection_var().clone());
+            multipliers.push(options.block_lr_multiplier);
+            for var in head.classifier_vars() {
                 network_vars.push(var.clone());
                 multipliers.push(1.0);
             }
@@ -178,7 +202,9 @@ impl Trainer {
             )?,
             unit_optimiser: RmsProp::new(unit_vars, options.rmsprop)?,
             centres: (0..TASKS).map(|_| CentreTable::new(classes)).collect(),
-            branches,
+            block,
+            heads,
+            reference,
             unit,
             rng,
             device,
@@ -258,10 +284,20 @@ impl Trainer {
         let input = BatchInput::new(&items, &self.device)?;
         let labels: Vec<u32> = batch.iter().map(|&i| examples.labels[i]).collect();
         let task_rows = task_rows(batch, examples);
+        let mask = self.dropout_mask(batch.len())?;
+        let pooled = self.block.forward(&input, mask.as_ref())?;
+        let margin = self.margin_matrix(&labels)?;
+        let reference = self.reference_embeddings(&input)?;
+        let photo_rows = &task_rows[1];
         let mut task_losses: Vec<Option<TaskLoss>> = Vec::with_capacity(TASKS);
+        let mut anchor_terms = Vec::new();
         for (t, rows) in task_rows.iter().enumerate() {
-            let mask = self.dropout_mask(batch.len())?;
-            let out = self.branches[t].forward(&input, mask.as_ref())?;
+            let out = self.heads[t].forward(&pooled, margin.as_ref())?;
+            if let Some(reference) = &reference
+                && t < 2
+            {
+                anchor_terms.push(anchor_term(&out, reference, photo_rows)?);
+            }
             let row_labels: Vec<u32> = rows.iter().map(|&r| labels[r as usize]).collect();
             let centres = self.centres[t].tensor(&self.device)?;
             task_losses.push(task_loss(
@@ -285,6 +321,17 @@ impl Trainer {
             _ => self.unit.forward(&input.flat)?,
         };
         let Objectives { network, unit } = objectives(self.options.weighting, &weights, &losses)?;
+        let mut anchor: Option<Tensor> = None;
+        for term in anchor_terms.into_iter().flatten() {
+            anchor = Some(match anchor {
+                Some(sum) => (sum + term)?,
+                None => term,
+            });
+        }
+        let network = match &anchor {
+            Some(anchor) => (network + (anchor * self.options.dlib_anchor)?)?,
+            None => network,
+        };
         let mut grads = network.backward()?;
         if epoch < self.options.warmup_epochs {
             self.keep_classifier_gradients(&mut grads);
@@ -312,19 +359,52 @@ impl Trainer {
             centre: per_task(|l| l.centre),
             weight: std::array::from_fn(|t| weight[t]),
             accuracy: per_task(|l| l.accuracy),
+            anchor: match &anchor {
+                Some(a) => a.to_scalar()?,
+                None => 0.0,
+            },
             grad_norm,
         };
         self.steps_done += 1;
         Ok(record)
     }
 
-    /// Drops every gradient but the classifiers': during warm-up the pretrained blocks stay
-    /// as they are while the randomly initialised classifiers learn (their first, random
-    /// gradients would otherwise damage the blocks).
+    /// Drops every gradient but the classifiers': during warm-up the pretrained block and
+    /// projections stay as they are while the randomly initialised classifiers learn (their
+    /// first, random gradients would otherwise damage them).
     fn keep_classifier_gradients(&self, grads: &mut candle_core::backprop::GradStore) {
-        for var in self.branches.iter().flat_map(Branch::block_vars) {
+        let projections = self.heads.iter().map(Head::projection_var);
+        for var in self.block.vars().into_iter().chain(projections) {
             grads.remove(var.as_tensor());
         }
+    }
+
+    /// The CosFace margin at each row's label (N×classes), or `None` without a margin.
+    fn margin_matrix(&self, labels: &[u32]) -> Result<Option<Tensor>, TrainError> {
+        if self.options.margin <= 0.0 || self.options.cosine_scale <= 0.0 {
+            return Ok(None);
+        }
+        let classes = self.centres[0].values().len() / EMBEDDING_DIM;
+        let mut values = vec![0.0f32; labels.len() * classes];
+        for (row, &label) in labels.iter().enumerate() {
+            values[row * classes + label as usize] = self.options.margin as f32;
+        }
+        Ok(Some(Tensor::from_vec(
+            values,
+            (labels.len(), classes),
+            &self.device,
+        )?))
+    }
+
+    /// dlib's own normalised descriptor of the batch (constant), when the anchor is on.
+    fn reference_embeddings(&self, input: &BatchInput) -> Result<Option<Tensor>, TrainError> {
+        let Some((block, projection)) = &self.reference else {
+            return Ok(None);
+        };
+        let pooled = block.forward(input, None)?;
+        Ok(Some(
+            l2_normalise_rows(&pooled.matmul(projection)?)?.detach(),
+        ))
     }
 
     /// A dropout mask (N×256, entries 0 or 1/(1−p)), or `None` without dropout.
@@ -350,8 +430,9 @@ impl Trainer {
         let mut inference = Inference::default();
         for chunk in maps.chunks(INFERENCE_BATCH) {
             let input = BatchInput::new(chunk, &self.device)?;
-            for (t, branch) in self.branches.iter().enumerate() {
-                let out = branch.forward(&input, None)?;
+            let pooled = self.block.forward(&input, None)?;
+            for (t, head) in self.heads.iter().enumerate() {
+                let out = head.forward(&pooled, None)?;
                 inference.embeddings[t].extend(out.embedding.flatten_all()?.to_vec1::<f32>()?);
                 inference.predicted[t].extend(out.logits.argmax(1)?.to_vec1::<u32>()?);
             }
@@ -380,39 +461,37 @@ impl Trainer {
             })
         });
         let pairs = cross_modal_pairs(&inference.embeddings[0], examples);
-        let (auc_value, tar) =
-            if pairs.iter().any(|p| p.genuine) && pairs.iter().any(|p| !p.genuine) {
-                let curve = roc(&pairs)?;
-                let impostors: Vec<f32> = pairs
-                    .iter()
-                    .filter(|p| !p.genuine)
-                    .map(|p| p.score)
-                    .collect();
-                let tar = threshold_at_far(&impostors, VALIDATION_FAR)
-                    .map_or(0.0, |t| rates_at(&pairs, t).0);
-                (auc(&curve), tar)
-            } else {
-                (f64::NAN, f64::NAN)
-            };
+        let (auc_value, tar) = auc_and_tar(&pairs)?;
+        let photo_pairs = photo_pairs(&inference.embeddings[1], examples);
+        let (photo_auc, photo_tar) = auc_and_tar(&photo_pairs)?;
         Ok(Validation {
             accuracy,
             cross_modal_auc: auc_value,
             cross_modal_tar: tar,
             pairs: pairs.len(),
+            photo_auc,
+            photo_tar,
         })
     }
 
-    /// The current weights of the three blocks (export layout), shared first.
+    /// The current weights of the three branches (the shared block with each task's
+    /// projection, export layout), shared first.
     pub fn branch_weights(&self) -> Result<Vec<BranchWeights>, TrainError> {
-        self.branches.iter().map(Branch::weights).collect()
+        self.heads
+            .iter()
+            .map(|head| self.block.weights_with(head.projection()?))
+            .collect()
     }
 
     /// Every tensor of the training state, by name (for a checkpoint).
     pub fn state(&self) -> Result<HashMap<String, Tensor>, TrainError> {
         let mut state = HashMap::new();
-        for (t, branch) in self.branches.iter().enumerate() {
-            for (k, var) in branch.vars().into_iter().enumerate() {
-                state.insert(format!("branch{t}.{k}"), var.as_tensor().clone());
+        for (k, var) in self.block.vars().into_iter().enumerate() {
+            state.insert(format!("block.{k}"), var.as_tensor().clone());
+        }
+        for (t, head) in self.heads.iter().enumerate() {
+            for (k, var) in head.vars().into_iter().enumerate() {
+                state.insert(format!("head{t}.{k}"), var.as_tensor().clone());
             }
             let centres = &self.centres[t];
             state.insert(format!("centres{t}"), centres.tensor(&self.device)?);
@@ -443,9 +522,12 @@ impl Trainer {
                 .remove(&name)
                 .ok_or(CheckpointError::MissingTensor(name))
         };
-        for (t, branch) in self.branches.iter().enumerate() {
-            for (k, var) in branch.vars().into_iter().enumerate() {
-                set_checked(var, &take(format!("branch{t}.{k}"))?)?;
+        for (k, var) in self.block.vars().into_iter().enumerate() {
+            set_checked(var, &take(format!("block.{k}"))?)?;
+        }
+        for (t, head) in self.heads.iter().enumerate() {
+            for (k, var) in head.vars().into_iter().enumerate() {
+                set_checked(var, &take(format!("head{t}.{k}"))?)?;
             }
             let centres = take(format!("centres{t}"))?.flatten_all()?.to_vec1()?;
             self.centres[t] = CentreTable::from_values(centres);
@@ -543,6 +625,58 @@ fn cross_modal_pairs(embeddings: &[f32], examples: &Examples) -> Vec<Scored> {
         }
     }
     pairs
+}
+
+/// Every photo–photo pair of the examples, scored by the dot product of `embeddings`.
+fn photo_pairs(embeddings: &[f32], examples: &Examples) -> Vec<Scored> {
+    let row = |i: usize| &embeddings[i * EMBEDDING_DIM..][..EMBEDDING_DIM];
+    let photos: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples.modalities[i] == Modality::Photo)
+        .collect();
+    let mut pairs = Vec::new();
+    for (k, &a) in photos.iter().enumerate() {
+        for &b in &photos[k + 1..] {
+            pairs.push(Scored {
+                score: row(a).iter().zip(row(b)).map(|(x, y)| x * y).sum(),
+                genuine: examples.labels[a] == examples.labels[b],
+            });
+        }
+    }
+    pairs
+}
+
+/// AUC and TAR at the validation FAR of `pairs` (NaN when one class is missing).
+fn auc_and_tar(pairs: &[Scored]) -> Result<(f64, f64), TrainError> {
+    if !(pairs.iter().any(|p| p.genuine) && pairs.iter().any(|p| !p.genuine)) {
+        return Ok((f64::NAN, f64::NAN));
+    }
+    let curve = roc(pairs)?;
+    let impostors: Vec<f32> = pairs
+        .iter()
+        .filter(|p| !p.genuine)
+        .map(|p| p.score)
+        .collect();
+    let tar = threshold_at_far(&impostors, VALIDATION_FAR).map_or(0.0, |t| rates_at(pairs, t).0);
+    Ok((auc(&curve), tar))
+}
+
+/// `mean(1 − cos)` between a head's embeddings and dlib's descriptor on the photo rows, or
+/// `None` when the batch has no photo.
+fn anchor_term(
+    out: &BranchOutput,
+    reference: &Tensor,
+    photo_rows: &[u32],
+) -> Result<Option<Tensor>, TrainError> {
+    if photo_rows.is_empty() {
+        return Ok(None);
+    }
+    let index = Tensor::from_slice(photo_rows, photo_rows.len(), reference.device())?;
+    let cosines = out
+        .embedding
+        .index_select(&index, 0)?
+        .mul(&reference.index_select(&index, 0)?)?
+        .sum(1)?;
+    Ok(Some(cosines.affine(-1.0, 1.0)?.mean_all()?))
 }
 
 fn set_checked(var: &Var, value: &Tensor) -> Result<(), TrainError> {
