@@ -7,12 +7,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use carivis::align::DLIB_TEMPLATE_150;
 use carivis::capture::load_image;
 use carivis::detect::DetectorConfig;
 use carivis::embed::Embedder;
 use carivis::embed::{DLIB_SPEC, MULTI_TASK_SPEC};
 use carivis::eval::{Faces, verify};
 use carivis::rng::Rng;
+use carivis::train::bank::{BankSettings, BankWorker};
 use carivis::train::features::MapWorker;
 use carivis::train::net::{BranchWeights, MapFeatures, TASK_NAMES, embed_maps};
 use carivis::train::onnx::{DescriptorModel, encode, read_model, write_model};
@@ -439,4 +441,136 @@ fn committed_multi_task_model_beats_dlib_on_unseen_cavi_pairs() {
     let multi_task = testing_slice_auc(&data, MULTI_TASK_SPEC.file, 40);
     eprintln!("every 40th testing_1 pair: AUC dlib {dlib:.4}, multi-task {multi_task:.4}");
     assert!(multi_task > dlib, "multi-task {multi_task} vs dlib {dlib}");
+}
+
+#[test]
+fn unseen_people_protocol_trains_each_fold_reports_and_resumes() {
+    let Some(data) = data_dir("train::unseen_people_protocol") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_cavi_manifest(&data, dir.path(), 9, 6);
+    let report = dir.path().join("cv");
+    let cache = dir.path().join("cache");
+    let args = [
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--cv-identities",
+        "2",
+        "--report",
+        report.to_str().unwrap(),
+        "--validation-identities",
+        "2",
+        "--cache",
+        cache.to_str().unwrap(),
+        "--batch",
+        "32",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "1",
+        "--synthetic-caricatures",
+        "1",
+        "--dlib-anchor",
+        "0.5",
+        "--margin",
+        "0.2",
+    ];
+    let first = train_command(&args);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stdout}\n{stderr}");
+    let synthetic: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("plus "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no synthetic caricatures reported: {stdout}"));
+    assert!(synthetic > 0, "{stdout}");
+    let mut tested = 0;
+    for fold in 1..=2 {
+        let path = report.join(format!("fold-{fold}/figures.json"));
+        let figures: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for side in ["model", "dlib"] {
+            for key in ["auc", "tar_far_1", "rank1_cp", "photo_auc", "verification"] {
+                let v = figures[side][key].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&v), "{side} {key} = {v}");
+            }
+        }
+        let people = figures["model"]["people"].as_u64().unwrap();
+        assert_eq!(people, figures["dlib"]["people"].as_u64().unwrap());
+        tested += people;
+        assert!(report.join(format!("fold-{fold}/model.onnx")).is_file());
+    }
+    assert_eq!(tested, 9, "every person is tested in exactly one fold");
+    let table = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        table.contains("| caricature–photo AUC |") && table.contains("dlib descriptor"),
+        "{table}"
+    );
+    let roc = image::open(report.join("roc.png")).unwrap();
+    assert_eq!((roc.width(), roc.height()), (800, 600));
+
+    std::fs::remove_file(report.join("fold-2/figures.json")).unwrap();
+    let again = train_command(&args);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("fold 1: figures already in the report") && stderr.contains("fold 2 of 2"),
+        "{stderr}"
+    );
+    assert!(report.join("fold-2/figures.json").is_file());
+}
+
+#[test]
+fn synthetic_caricature_chips_are_aligned_faces_that_differ_per_variant() {
+    let Some(data) = data_dir("train::synthetic_caricature_chips") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let descriptor = descriptor();
+    let mut bank = BankWorker::new(
+        trunk_worker(&descriptor, dir.path()),
+        BankSettings {
+            variants: 3,
+            seed: 4,
+        },
+    );
+    let mut detector = trunk_worker(&descriptor, dir.path());
+    let mut offsets = Vec::new();
+    for file in [
+        "cavi/Real/Aamir_Khan/Aamir_Khan_r_0.jpg",
+        "cavi/Real/Aamir_Khan/Aamir_Khan_r_3.jpg",
+        "faces/face_recognition/examples/obama.jpg",
+    ] {
+        let image = load_image(&data.join(file)).unwrap();
+        let chips = bank.variant_chips(&image).unwrap();
+        assert_eq!(chips.len(), 3, "{file}");
+        assert_ne!(chips[0], chips[1], "{file}: variants differ");
+        for chip in &chips {
+            assert_eq!((chip.width(), chip.height()), (150, 150));
+            let face = detector
+                .largest_face(chip)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{file}: no face in a variant's chip"));
+            let offset: f32 = face
+                .landmarks
+                .iter()
+                .zip(DLIB_TEMPLATE_150)
+                .map(|(p, t)| ((p[0] - t[0]).powi(2) + (p[1] - t[1]).powi(2)).sqrt())
+                .sum::<f32>()
+                / 5.0;
+            offsets.push(offset);
+        }
+    }
+    let mean = offsets.iter().sum::<f32>() / offsets.len() as f32;
+    eprintln!("re-detected landmarks: mean distance from the template {mean:.1} px ({offsets:?})");
+    // The exaggerated shapes leave the template by design (strength 1.3–2.3 times the face's
+    // own offsets, plus the jitter): measured 11.1 px mean, 7.4–16.4 px per chip; a chip not
+    // aligned on its face would be far beyond.
+    assert!(
+        mean < 16.0 && offsets.iter().all(|&o| o < 25.0),
+        "the variants' chips are not aligned on their faces: {offsets:?}"
+    );
 }

@@ -9,6 +9,7 @@ pub mod identify;
 pub mod metrics;
 pub mod plots;
 pub mod protocol;
+pub mod tsne;
 pub mod unseen;
 
 use std::collections::{BTreeMap, HashMap};

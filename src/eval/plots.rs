@@ -181,6 +181,60 @@ pub fn lines_png(
     })
 }
 
+/// One point of a scatter panel: position, group (colour) and whether it is drawn filled.
+pub type ScatterPoint = ([f64; 2], usize, bool);
+
+/// Scatter panels side by side, one per title: each point coloured by its group, filled
+/// circles for `true` (photos) and hollow triangles for `false` (caricatures).
+pub fn scatter_panels_png(
+    path: &Path,
+    panels: &[(String, Vec<ScatterPoint>)],
+) -> Result<(), EvalError> {
+    render(path, |root| {
+        for (area, (title, points)) in root
+            .split_evenly((1, panels.len().max(1)))
+            .iter()
+            .zip(panels)
+        {
+            let range = |d: usize| {
+                let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+                    (lo.min(p.0[d]), hi.max(p.0[d]))
+                });
+                let pad = ((hi - lo) * 0.05).max(1e-6);
+                (lo - pad)..(hi + pad)
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 18))
+                .margin(10)
+                .build_cartesian_2d(range(0), range(1))
+                .map_err(plot_error)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .draw()
+                .map_err(plot_error)?;
+            for &(position, group, filled) in points {
+                let color = Palette99::pick(group).to_rgba();
+                let at = (position[0], position[1]);
+                if filled {
+                    chart
+                        .draw_series(std::iter::once(Circle::new(at, 4, color.filled())))
+                        .map_err(plot_error)?;
+                } else {
+                    chart
+                        .draw_series(std::iter::once(TriangleMarker::new(
+                            at,
+                            5,
+                            color.stroke_width(2),
+                        )))
+                        .map_err(plot_error)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 fn legend<'a, X, Y>(
     chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
 ) -> Result<(), EvalError>

@@ -34,11 +34,12 @@ pub struct BankSettings {
 }
 
 impl BankSettings {
-    /// The text that keys the bank's cache.
+    /// The text that keys the bank's cache (not the number of variants: variant k of a photo
+    /// is the same whatever the number, so a cache of more variants serves fewer).
     pub fn describe(&self) -> String {
         format!(
-            "caricature bank {} variants seed {} strength {STRENGTH:?} warp jitter {WARP_JITTER} align jitter {ALIGN_JITTER} contrast {CONTRAST:?} brightness {BRIGHTNESS}",
-            self.variants, self.seed
+            "caricature bank seed {} strength {STRENGTH:?} warp jitter {WARP_JITTER} align jitter {ALIGN_JITTER} contrast {CONTRAST:?} brightness {BRIGHTNESS}",
+            self.seed
         )
     }
 }
@@ -66,12 +67,23 @@ impl BankWorker {
         Self { maps, settings }
     }
 
-    fn variant(
+    /// The aligned chips of the photo's variants (none when no face is found).
+    pub fn variant_chips(&mut self, image: &RgbImage) -> Result<Vec<RgbImage>, BankError> {
+        let Some(face) = self.maps.largest_face(image)? else {
+            return Ok(Vec::new());
+        };
+        let mut rng = Rng::new(self.settings.seed ^ content_seed(image));
+        (0..self.settings.variants)
+            .map(|_| self.variant_chip(image, &face, &mut rng))
+            .collect()
+    }
+
+    fn variant_chip(
         &mut self,
         image: &RgbImage,
         face: &Face,
         rng: &mut Rng,
-    ) -> Result<Box<MapPair>, BankError> {
+    ) -> Result<RgbImage, BankError> {
         let config = CaricatureConfig {
             strength: STRENGTH.0 + (STRENGTH.1 - STRENGTH.0) * rng.uniform(),
             style: if rng.uniform() < 0.5 {
@@ -101,7 +113,7 @@ impl BankWorker {
             *value =
                 (128.0 + contrast * (f32::from(*value) - 128.0) + offset).clamp(0.0, 255.0) as u8;
         }
-        Ok(self.maps.mirrored_pair(chip)?)
+        Ok(chip)
     }
 }
 
@@ -109,14 +121,11 @@ impl Worker for BankWorker {
     type Output = Vec<Box<MapPair>>;
     type Error = BankError;
 
-    /// The variants of the photo's largest face (none when no face is found).
+    /// The trunk maps of the photo's variants and of their mirror images.
     fn process(&mut self, image: &RgbImage) -> Result<Self::Output, BankError> {
-        let Some(face) = self.maps.largest_face(image)? else {
-            return Ok(Vec::new());
-        };
-        let mut rng = Rng::new(self.settings.seed ^ content_seed(image));
-        (0..self.settings.variants)
-            .map(|_| self.variant(image, &face, &mut rng))
+        self.variant_chips(image)?
+            .into_iter()
+            .map(|chip| Ok(self.maps.mirrored_pair(chip)?))
             .collect()
     }
 }
@@ -132,16 +141,20 @@ fn content_seed(image: &RgbImage) -> u64 {
     h
 }
 
-/// The bank's cache: one file per photo, its variants' map pairs one after another.
+/// The bank's cache: one file per photo, its variants' map pairs one after another (an empty
+/// file: no face).
 pub struct BankCache {
     dir: PathBuf,
+    variants: usize,
 }
 
 impl BankCache {
-    /// The cache under `dir` (already keyed by trunk, face and bank settings).
-    pub fn new(dir: &Path) -> Self {
+    /// The cache under `dir` (already keyed by trunk, face and bank settings) serving
+    /// `variants` per photo.
+    pub fn new(dir: &Path, variants: usize) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            variants,
         }
     }
 
@@ -156,12 +169,14 @@ const PAIR_BYTES: usize = 2 * TRUNK_LEN * 4;
 impl JobCache<Vec<Box<MapPair>>> for BankCache {
     fn get(&self, image_sha256: &str) -> Option<Vec<Box<MapPair>>> {
         let bytes = std::fs::read(self.file(image_sha256)).ok()?;
-        if bytes.len() % PAIR_BYTES != 0 {
+        let stored = bytes.len() / PAIR_BYTES;
+        if bytes.len() % PAIR_BYTES != 0 || (stored > 0 && stored < self.variants) {
             return None;
         }
         Some(
             bytes
                 .chunks_exact(PAIR_BYTES)
+                .take(self.variants)
                 .map(|chunk| {
                     let floats: Vec<f32> = chunk
                         .chunks_exact(4)
@@ -194,12 +209,20 @@ mod tests {
     #[test]
     fn cache_files_round_trip_every_variant() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = BankCache::new(dir.path());
+        let mut cache = BankCache::new(dir.path(), 2);
         let pair = |v: f32| Box::new([vec![v; TRUNK_LEN], vec![-v; TRUNK_LEN]]);
         let variants = vec![pair(1.0), pair(2.5)];
         let sha = "ab".repeat(32);
         cache.put(&sha, &variants).unwrap();
         assert_eq!(cache.get(&sha).unwrap(), variants);
+        assert_eq!(
+            BankCache::new(dir.path(), 1).get(&sha).unwrap(),
+            variants[..1]
+        );
+        assert!(
+            BankCache::new(dir.path(), 3).get(&sha).is_none(),
+            "too few stored"
+        );
         cache.put(&sha, &Vec::new()).unwrap();
         assert_eq!(cache.get(&sha).unwrap(), Vec::<Box<MapPair>>::new());
     }

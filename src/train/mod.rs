@@ -82,7 +82,7 @@ pub enum TrainError {
     NoTrainingFaces,
     /// The validation images cannot choose an epoch.
     #[error(
-        "the validation images ({images}) have no same-person and different-person caricature–photo pairs to choose the epoch with: raise --validation-fraction (people need about 1/fraction photos and caricatures each)"
+        "the validation images ({images}) have no same-person and different-person caricature–photo pairs to choose the epoch with: raise --validation-fraction (people need about 1/fraction photos and caricatures each) or --validation-identities (at least two people with both)"
     )]
     NoValidationPairs {
         /// Validation images.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::bank::{BankCache, BankSettings, BankWorker};
 use super::data::{Dataset, Role, SplitOptions, check_images, split};
 use super::features::{CHIP_SIZE, ImageMaps, MapCache, MapWorker};
-use super::net::{BranchWeights, MapFeatures, TASK_NAMES, embed_maps};
+use super::net::{BranchWeights, EMBEDDING_DIM, MapFeatures, TASK_NAMES, embed_maps};
 use super::onnx::{DescriptorModel, encode, read_model, write_model};
 use super::report::{
     CsvLog, EPOCH_HEADER, epoch_row, plot_log, step_header, step_row, upsert_readme_section,
@@ -23,7 +23,9 @@ use super::report::{
 use super::trainer::{EpochProgress, Examples, StepRecord, TrainOptions, Trainer, Validation};
 use super::{CheckpointError, TrainError, write_atomically};
 use crate::detect::DetectorConfig;
+use crate::eval::plots::{ScatterPoint, scatter_panels_png};
 use crate::eval::protocol::{named_by_pairs, read_layout, read_manifest};
+use crate::eval::tsne::{TsneConfig, tsne};
 use crate::eval::unseen::{UnseenFigures, UnseenSet, unseen_figures};
 use crate::files::sha256_hex;
 use crate::jobs::{self, Progress, cache_key};
@@ -797,8 +799,10 @@ fn add_bank(
         })
         .collect::<Result<Vec<_>, TrainError>>()?;
     let trunk_dir = trunk.parent().unwrap_or(Path::new("."));
-    let mut cache =
-        BankCache::new(&trunk_dir.join(format!("bank-{}", cache_key("", &config.bank.describe()))));
+    let mut cache = BankCache::new(
+        &trunk_dir.join(format!("bank-{}", cache_key("", &config.bank.describe()))),
+        config.bank.variants,
+    );
     let paths: Vec<PathBuf> = photos
         .iter()
         .map(|&i| dataset.images[i].path.clone())
@@ -1067,6 +1071,7 @@ fn train(
         });
     }
     let dlib = dlib_validation(prepared, &config.options)?;
+    let mut best_cross: Option<BranchWeights> = None;
     if trainer.steps_done() == 0 {
         report_before(&dlib, &trainer, prepared, events)?;
     }
@@ -1133,6 +1138,7 @@ fn train(
                 weights[1] = prepared.pretrained.clone();
             }
             export(&prepared.descriptor, &weights, &run_dir.join(BEST_MODEL))?;
+            best_cross = Some(weights[0].clone());
             let unseen = unseen_of(&weights[0], &weights[1], prepared, config.split.seed)?;
             best = Some(Best {
                 epoch,
@@ -1157,15 +1163,85 @@ fn train(
             reason: "no epoch was trained (--epochs is not above the checkpoint's epoch)",
         });
     };
+    let mut plots = Vec::new();
+    match (&best_cross, &prepared.holdout) {
+        (Some(cross), Some(holdout)) => {
+            plots.push(embed_map(
+                cross,
+                prepared,
+                holdout,
+                run_dir,
+                config.split.seed,
+            )?);
+        }
+        (None, Some(_)) => tracing::warn!(
+            "no embedding map of the unseen people: the best epoch was trained before this run resumed"
+        ),
+        _ => {}
+    }
     finish(
         config,
         prepared,
         &trainer,
-        best,
+        (best, plots),
         per_epoch,
         elapsed(),
         train_started,
     )
+}
+
+/// People of the embedding map.
+const MAP_PEOPLE: u32 = 10;
+
+/// `embed-map.png`: t-SNE of the photos and caricatures of ten held-out people, by dlib's
+/// descriptor (before training) and by the trained cross-modal branch (after), as in the
+/// paper's figure 2.
+fn embed_map(
+    cross: &BranchWeights,
+    prepared: &Prepared,
+    holdout: &Examples,
+    run_dir: &Path,
+    seed: u64,
+) -> Result<PathBuf, TrainError> {
+    let chosen: Vec<usize> = (0..holdout.len())
+        .filter(|&i| holdout.labels[i] < MAP_PEOPLE)
+        .collect();
+    let maps: Vec<&MapFeatures> = chosen.iter().map(|&i| &holdout.maps[i][0]).collect();
+    let device = candle_core::Device::Cpu;
+    let config = TsneConfig {
+        seed,
+        ..TsneConfig::default()
+    };
+    let panel =
+        |weights: &BranchWeights, title: &str| -> Result<(String, Vec<ScatterPoint>), TrainError> {
+            let positions = tsne(
+                &embed_maps(weights, &maps, &device)?,
+                EMBEDDING_DIM,
+                &config,
+            );
+            let points = positions
+                .into_iter()
+                .zip(&chosen)
+                .map(|(p, &i)| {
+                    (
+                        p,
+                        holdout.labels[i] as usize,
+                        holdout.modalities[i] == Modality::Photo,
+                    )
+                })
+                .collect();
+            Ok((title.to_string(), points))
+        };
+    let panels = [
+        panel(&prepared.pretrained, "before: dlib descriptor")?,
+        panel(cross, "after: trained shared branch")?,
+    ];
+    let path = run_dir.join("embed-map.png");
+    scatter_panels_png(&path, &panels).map_err(|source| TrainError::Plot {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
 }
 
 /// The validation figures of dlib's own descriptor (the untrained network: every head starts
@@ -1262,7 +1338,7 @@ fn finish(
     config: &TrainConfig,
     prepared: &Prepared,
     trainer: &Trainer,
-    best: Best,
+    (best, extra_plots): (Best, Vec<PathBuf>),
     per_epoch: usize,
     total_seconds: f64,
     train_started: Instant,
@@ -1274,7 +1350,8 @@ fn finish(
         source,
     })?;
     write_atomically(&config.out, &model)?;
-    let plots = plot_log(&run_dir.join("steps.csv"), run_dir, per_epoch.max(1))?;
+    let mut plots = plot_log(&run_dir.join("steps.csv"), run_dir, per_epoch.max(1))?;
+    plots.extend(extra_plots);
     let training_seconds = train_started.elapsed().as_secs_f64();
     let unseen_dlib = unseen_of(
         &prepared.pretrained,
