@@ -127,6 +127,10 @@ struct Cli {
     /// and brightness/contrast changes; cached like the maps); 0 = none.
     #[arg(long, default_value_t = 0, value_name = "K")]
     synthetic_caricatures: usize,
+    /// Export the trained branches as they are (the photo branch may still be dlib's), instead
+    /// of each branch's best mix of dlib's and the trained weights on validation.
+    #[arg(long)]
+    no_interpolation: bool,
     /// Weight of the centre loss.
     #[arg(long, default_value_t = 0.1)]
     centre_weight: f64,
@@ -296,6 +300,7 @@ fn config(cli: &Cli) -> TrainConfig {
             cosine_scale: cli.cosine_scale,
             margin: cli.margin,
             dlib_anchor: cli.dlib_anchor,
+            interpolate: !cli.no_interpolation,
             centre_weight: cli.centre_weight,
             centre_alpha: cli.centre_alpha,
             dropout: cli.dropout as f32,

@@ -37,6 +37,9 @@ pub struct FoldResult {
     pub best_epoch: usize,
     /// Whether the exported photo branch is dlib's descriptor.
     pub photo_is_dlib: bool,
+    /// Mix of dlib's and the trained weights in the exported shared branch (0 = dlib's).
+    #[serde(default)]
+    pub shared_mix: f64,
     /// The trained model on the fold's people.
     pub model: UnseenFigures,
     /// dlib's descriptor on the same people.
@@ -123,6 +126,7 @@ pub fn run_folds(
             fold: index + 1,
             best_epoch: summary.best.epoch + 1,
             photo_is_dlib: summary.best.photo_is_dlib,
+            shared_mix: summary.best.shared_mix,
             model,
             dlib,
             seconds: summary.total_seconds,
@@ -206,9 +210,13 @@ pub fn markdown(results: &[FoldResult]) -> String {
         text.push_str(&format!("| {name} | {} | {} |\n", cell(dlib), cell(model)));
     }
     let photo_dlib = results.iter().filter(|r| r.photo_is_dlib).count();
+    let epochs: Vec<String> = results.iter().map(|r| r.best_epoch.to_string()).collect();
+    let mixes: Vec<String> = results.iter().map(|r| r.shared_mix.to_string()).collect();
     text.push_str(&format!(
-        "\nExported photo branch = dlib's descriptor in {photo_dlib} of {} folds (chosen on validation people).\n",
-        results.len()
+        "\nChosen on validation people: exported photo branch = dlib's descriptor in {photo_dlib} of {} folds; epochs {}; shared-branch mix of dlib's (0) and the trained (1) weights {}.\n",
+        results.len(),
+        epochs.join(", "),
+        mixes.join(", ")
     ));
     text
 }

@@ -20,7 +20,9 @@ use super::onnx::{DescriptorModel, encode, read_model, write_model};
 use super::report::{
     CsvLog, EPOCH_HEADER, epoch_row, plot_log, step_header, step_row, upsert_readme_section,
 };
-use super::trainer::{EpochProgress, Examples, StepRecord, TrainOptions, Trainer, Validation};
+use super::trainer::{
+    EpochProgress, Examples, StepRecord, TrainOptions, Trainer, Validation, pair_validation,
+};
 use super::{CheckpointError, TrainError, write_atomically};
 use crate::detect::DetectorConfig;
 use crate::eval::plots::{ScatterPoint, scatter_panels_png};
@@ -340,12 +342,14 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "wrote {} (best epoch {} of {}: caricature–photo AUC {:.4}, TAR@FAR1% {:.3}); logs and plots in {}: {}",
+            "wrote {} (best epoch {} of {}: caricature–photo AUC {:.4}, TAR@FAR1% {:.3}; mix of dlib and trained weights: shared {}, photo {}); logs and plots in {}: {}",
             self.out.display(),
             self.best.epoch + 1,
             self.epochs,
             self.best.validation.cross_modal_auc,
             self.best.validation.cross_modal_tar,
+            self.best.shared_mix,
+            self.best.photo_mix,
             self.run_dir.display(),
             self.plots
                 .iter()
@@ -377,9 +381,105 @@ pub struct Best {
     /// reached dlib's photo–photo AUC and TAR on the validation images).
     #[serde(default)]
     pub photo_is_dlib: bool,
+    /// Mix of the exported shared and caricature branches (0 = dlib's weights, 1 = trained).
+    #[serde(default = "trained_mix")]
+    pub shared_mix: f64,
+    /// Mix of the exported photo branch.
+    #[serde(default = "trained_mix")]
+    pub photo_mix: f64,
     /// Every unseen-people figure of the exported model on the held-out people.
     #[serde(default)]
     pub unseen: Option<UnseenFigures>,
+}
+
+fn trained_mix() -> f64 {
+    1.0
+}
+
+/// The mixes `dlib + m·(trained − dlib)` tried for each exported branch.
+pub const MIXES: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+
+/// The branches to export at an epoch and their validation figures.
+struct Mixed {
+    weights: Vec<BranchWeights>,
+    validation: Validation,
+    shared_mix: f64,
+    photo_mix: f64,
+}
+
+/// Chooses each exported branch's mix of dlib's and the trained weights on the validation
+/// images: the shared (and caricature) branch's by the selection figure over caricature–photo
+/// pairs, the photo branch's by photo–photo TAR then AUC, dlib's own (mix 0) always among the
+/// photo choices; the shared branch mixes only with `interpolate`.
+fn mix_branches(
+    config: &TrainConfig,
+    prepared: &Prepared,
+    trained: Vec<BranchWeights>,
+    trained_validation: &Validation,
+) -> Result<Mixed, TrainError> {
+    let interpolate = config.options.interpolate;
+    let shared_mixes: &[f64] = if interpolate { &MIXES } else { &[1.0] };
+    let photo_mixes: &[f64] = if interpolate { &MIXES } else { &[0.0, 1.0] };
+    let examples = &prepared.validation;
+    let maps: Vec<&MapFeatures> = examples.maps.iter().map(|m| &m[0]).collect();
+    let device = candle_core::Device::Cpu;
+    let embed = |w: &BranchWeights| embed_maps(w, &maps, &device);
+    let mut shared_best: Option<(f64, Validation)> = None;
+    for &m in shared_mixes {
+        let e = embed(&mix(&prepared.pretrained, &trained[0], m))?;
+        let v = pair_validation(&e, &e, examples)?;
+        if shared_best
+            .as_ref()
+            .is_none_or(|(_, b)| config.select.score(&v) > config.select.score(b))
+        {
+            shared_best = Some((m, v));
+        }
+    }
+    let mut photo_best: Option<(f64, Validation)> = None;
+    for &m in photo_mixes {
+        let e = embed(&mix(&prepared.pretrained, &trained[1], m))?;
+        let v = pair_validation(&e, &e, examples)?;
+        if photo_best
+            .as_ref()
+            .is_none_or(|(_, b)| (v.photo_tar, v.photo_auc) > (b.photo_tar, b.photo_auc))
+        {
+            photo_best = Some((m, v));
+        }
+    }
+    let (Some((shared_mix, shared)), Some((photo_mix, photo))) = (shared_best, photo_best) else {
+        unreachable!("every mix list has an entry");
+    };
+    let weights = vec![
+        mix(&prepared.pretrained, &trained[0], shared_mix),
+        mix(&prepared.pretrained, &trained[1], photo_mix),
+        mix(&prepared.pretrained, &trained[2], shared_mix),
+    ];
+    Ok(Mixed {
+        weights,
+        validation: Validation {
+            accuracy: trained_validation.accuracy,
+            photo_auc: photo.photo_auc,
+            photo_tar: photo.photo_tar,
+            ..shared
+        },
+        shared_mix,
+        photo_mix,
+    })
+}
+
+/// `from + m·(to − from)`, weight by weight.
+fn mix(from: &BranchWeights, to: &BranchWeights, m: f64) -> BranchWeights {
+    let m = m as f32;
+    let lerp = |a: &[f32], b: &[f32]| -> Vec<f32> {
+        a.iter().zip(b).map(|(x, y)| x + m * (y - x)).collect()
+    };
+    BranchWeights {
+        w1: lerp(&from.w1, &to.w1),
+        b1: lerp(&from.b1, &to.b1),
+        w2: lerp(&from.w2, &to.w2),
+        b2: lerp(&from.b2, &to.b2),
+        wfc: lerp(&from.wfc, &to.wfc),
+    }
 }
 
 /// What decides which images train and validate; a resumed run must use the same.
@@ -1127,24 +1227,22 @@ fn train(
             unseen: holdout.as_ref(),
             mean_weight,
         });
-        let improved = best
-            .as_ref()
-            .is_none_or(|b| config.select.score(&validation) > config.select.score(&b.validation));
+        let mixed = mix_branches(config, prepared, trainer.branch_weights()?, &validation)?;
+        let improved = best.as_ref().is_none_or(|b| {
+            config.select.score(&mixed.validation) > config.select.score(&b.validation)
+        });
         if improved {
-            let photo_is_dlib =
-                validation.photo_auc < dlib.photo_auc || validation.photo_tar < dlib.photo_tar;
-            let mut weights = trainer.branch_weights()?;
-            if photo_is_dlib {
-                weights[1] = prepared.pretrained.clone();
-            }
+            let weights = mixed.weights;
             export(&prepared.descriptor, &weights, &run_dir.join(BEST_MODEL))?;
             best_cross = Some(weights[0].clone());
             let unseen = unseen_of(&weights[0], &weights[1], prepared, config.split.seed)?;
             best = Some(Best {
                 epoch,
-                validation,
+                validation: mixed.validation,
                 holdout,
-                photo_is_dlib,
+                photo_is_dlib: mixed.photo_mix == 0.0,
+                shared_mix: mixed.shared_mix,
+                photo_mix: mixed.photo_mix,
                 unseen,
             });
         }
@@ -1376,6 +1474,8 @@ fn finish(
         "unseen_people_figures": best.unseen,
         "unseen_people_dlib": unseen_dlib,
         "photo_branch_is_dlib": best.photo_is_dlib,
+        "shared_mix": best.shared_mix,
+        "photo_mix": best.photo_mix,
         "seconds_total": total_seconds,
         "seconds_training": training_seconds,
         "peak_memory_kib": peak_memory_kib(),
@@ -1506,6 +1606,7 @@ mod tests {
             cosine_scale: 16.0,
             margin: 0.1,
             dlib_anchor: 0.5,
+            interpolate: true,
             centre_weight: 0.1,
             centre_alpha: 0.5,
             dropout: 0.2,
@@ -1672,6 +1773,55 @@ mod tests {
             (ca.rng, ca.steps_done, ca.best),
             (cb.rng, cb.steps_done, cb.best)
         );
+    }
+
+    #[test]
+    fn mixes_run_from_dlib_to_the_trained_weights() {
+        let prepared = prepared();
+        let mut trained = prepared.pretrained.clone();
+        for v in &mut trained.w1 {
+            *v += 1.0;
+        }
+        let half = mix(&prepared.pretrained, &trained, 0.5);
+        assert_eq!(
+            mix(&prepared.pretrained, &trained, 0.0),
+            prepared.pretrained
+        );
+        assert_eq!(mix(&prepared.pretrained, &trained, 1.0).w1, trained.w1);
+        assert!((half.w1[7] - (prepared.pretrained.w1[7] + 0.5)).abs() < 1e-6);
+        assert_eq!(half.wfc, prepared.pretrained.wfc);
+    }
+
+    #[test]
+    fn the_photo_branch_falls_back_to_dlib_when_training_cannot_beat_it() {
+        let prepared = prepared();
+        let mut config = config(Path::new("/nonexistent"), Start::Fresh);
+        config.options.interpolate = false;
+        let validation = Validation {
+            accuracy: None,
+            cross_modal_auc: 0.5,
+            cross_modal_tar: 0.1,
+            pairs: 1,
+            photo_auc: 0.5,
+            photo_tar: 0.1,
+        };
+        let scrambled = {
+            let mut w = prepared.pretrained.clone();
+            w.wfc.fill(1.0);
+            w
+        };
+        let mixed =
+            mix_branches(&config, &prepared, vec![scrambled.clone(); 3], &validation).unwrap();
+        assert_eq!(
+            mixed.shared_mix, 1.0,
+            "without interpolation the shared branch is trained"
+        );
+        assert_eq!(
+            mixed.photo_mix, 0.0,
+            "a photo branch that maps everyone to one point loses to dlib's"
+        );
+        assert_eq!(mixed.weights[1], prepared.pretrained);
+        assert_eq!(mixed.weights[0], scrambled);
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct TrainOptions {
     /// Weight of the term that keeps the photos' shared and photo embeddings close to dlib's
     /// descriptor (`mean 1 − cos`), against forgetting what dlib knows; 0 = none.
     pub dlib_anchor: f64,
+    /// Whether each exported branch may be a mix `dlib + m·(trained − dlib)` of the weights,
+    /// `m` chosen on validation among [`super::session::MIXES`] (weight-space ensembling, as
+    /// WiSE-FT); without it the shared and caricature branches are the trained ones and the
+    /// photo branch is the trained one or dlib's.
+    pub interpolate: bool,
     /// Weight of the centre loss in each task loss.
     pub centre_weight: f64,
     /// α of the centre update.
@@ -460,18 +465,10 @@ impl Trainer {
                 correct as f32 / rows.len().max(1) as f32
             })
         });
-        let pairs = cross_modal_pairs(&inference.embeddings[0], examples);
-        let (auc_value, tar) = auc_and_tar(&pairs)?;
-        let photo_pairs = photo_pairs(&inference.embeddings[1], examples);
-        let (photo_auc, photo_tar) = auc_and_tar(&photo_pairs)?;
-        Ok(Validation {
-            accuracy,
-            cross_modal_auc: auc_value,
-            cross_modal_tar: tar,
-            pairs: pairs.len(),
-            photo_auc,
-            photo_tar,
-        })
+        let mut validation =
+            pair_validation(&inference.embeddings[0], &inference.embeddings[1], examples)?;
+        validation.accuracy = accuracy;
+        Ok(validation)
     }
 
     /// The current weights of the three branches (the shared block with each task's
@@ -625,6 +622,26 @@ fn cross_modal_pairs(embeddings: &[f32], examples: &Examples) -> Vec<Scored> {
         }
     }
     pairs
+}
+
+/// Validation figures (without classification accuracy) of row-major normalised embeddings:
+/// `cross` scores every caricature–photo pair, `photo` every photo–photo pair.
+pub fn pair_validation(
+    cross: &[f32],
+    photo: &[f32],
+    examples: &Examples,
+) -> Result<Validation, TrainError> {
+    let pairs = cross_modal_pairs(cross, examples);
+    let (cross_modal_auc, cross_modal_tar) = auc_and_tar(&pairs)?;
+    let (photo_auc, photo_tar) = auc_and_tar(&photo_pairs(photo, examples))?;
+    Ok(Validation {
+        accuracy: None,
+        cross_modal_auc,
+        cross_modal_tar,
+        pairs: pairs.len(),
+        photo_auc,
+        photo_tar,
+    })
 }
 
 /// Every photo–photo pair of the examples, scored by the dot product of `embeddings`.
