@@ -1539,8 +1539,9 @@ fn write_readme_entry(config: &TrainConfig, summary: &serde_json::Value) -> Resu
 {seconds:.0} s on this machine (trunk maps from the cache when present), peak memory {memory}.\n\
 - **sha256** `{sha}`, {bytes} bytes.\n\
 - **Data**: {images}; faces found: {faces}. {people} people, {train} training and {val} validation images.\n\
-- **Validation** (held-back images of the training people, shared branch, every caricature–photo pair): \
-AUC {auc:.4}, TAR at FAR 1% {tar:.3}, top-1 accuracy {acc}.\n\
+- **Validation** ({validated}; every caricature–photo pair, shared branch): \
+AUC {auc:.4}, TAR at FAR 1% {tar:.3}; every photo–photo pair, photo branch: AUC {photo_auc:.4}, TAR at FAR 1% {photo_tar:.3}{acc}.\n\
+- **Exported**: each branch's mix of dlib's (0) and the trained (1) weights chosen on validation: shared and caricature {shared_mix}, photo {photo_mix}.\n\
 - **Input** `input`: float32 N×3×150×150, raw RGB 0–255 (as `dlib_resnet_v1.onnx`). **Outputs** \
 `emb_shared`, `emb_photo`, `emb_caricature`: float32 N×128, L2-normalised.\n",
         command = summary["command"].as_str().unwrap_or(""),
@@ -1557,14 +1558,24 @@ AUC {auc:.4}, TAR at FAR 1% {tar:.3}, top-1 accuracy {acc}.\n\
         people = summary["people"],
         train = summary["training_images"],
         val = summary["validation_images"],
+        validated = match config.split.validation_identities {
+            0 => "held-back images of the training people".to_string(),
+            n => format!("{n} people left out of training"),
+        },
         auc = v["cross_modal_auc"].as_f64().unwrap_or(f64::NAN),
         tar = v["cross_modal_tar"].as_f64().unwrap_or(f64::NAN),
-        acc = v["accuracy"].as_array().map_or("-".into(), |a| TASK_NAMES
-            .iter()
-            .zip(a)
-            .map(|(t, x)| format!("{t} {:.3}", x.as_f64().unwrap_or(f64::NAN)))
-            .collect::<Vec<_>>()
-            .join(", ")),
+        photo_auc = v["photo_auc"].as_f64().unwrap_or(f64::NAN),
+        photo_tar = v["photo_tar"].as_f64().unwrap_or(f64::NAN),
+        shared_mix = summary["shared_mix"],
+        photo_mix = summary["photo_mix"],
+        acc = v["accuracy"].as_array().map_or(String::new(), |a| {
+            let each: Vec<String> = TASK_NAMES
+                .iter()
+                .zip(a)
+                .map(|(t, x)| format!("{t} {:.3}", x.as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            format!("; top-1 accuracy {}", each.join(", "))
+        }),
     );
     upsert_readme_section(&readme, &name, &body)
 }
