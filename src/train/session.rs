@@ -1831,14 +1831,20 @@ mod tests {
             mixed.photo_mix, 0.0,
             "a photo branch that maps everyone to one point loses to dlib's"
         );
-        assert!(mixed.weights[1] == prepared.pretrained, "photo = dlib's weights");
+        assert!(
+            mixed.weights[1] == prepared.pretrained,
+            "photo = dlib's weights"
+        );
         let shared_off = mixed.weights[0]
             .wfc
             .iter()
             .zip(&scrambled.wfc)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        assert!(shared_off < 1e-5, "shared = the trained weights ({shared_off})");
+        assert!(
+            shared_off < 1e-5,
+            "shared = the trained weights ({shared_off})"
+        );
     }
 
     #[test]
