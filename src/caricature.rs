@@ -128,13 +128,23 @@ pub fn caricature(
     face: &Face,
     config: &CaricatureConfig,
 ) -> Result<RgbImage, CaricatureError> {
+    caricature_and_landmarks(image, face, config).map(|(image, _)| image)
+}
+
+/// [`caricature`] and where the face's five landmarks are in it (the exaggerated targets).
+pub fn caricature_and_landmarks(
+    image: &RgbImage,
+    face: &Face,
+    config: &CaricatureConfig,
+) -> Result<(RgbImage, Landmarks), CaricatureError> {
     config.validate()?;
     let targets = exaggerate(&face.landmarks, config)?;
     let warped = warp_points(image, &face.landmarks, &targets)?;
-    match config.style {
-        Style::Plain => Ok(warped),
-        Style::Cartoon => cartoon(&warped),
-    }
+    let drawn = match config.style {
+        Style::Plain => warped,
+        Style::Cartoon => cartoon(&warped)?,
+    };
+    Ok((drawn, targets))
 }
 
 /// The mean face in the image's pixels: the alignment template mapped back by the inverse of

@@ -71,7 +71,11 @@ pub fn unseen_figures(set: &UnseenSet, seed: u64) -> Result<UnseenFigures, Metri
     let (caricatures, photos) = (of(Modality::Caricature), of(Modality::Photo));
     let cross = cross_modal_pairs(set, &caricatures, &photos, seed);
     let cross_figures = verification(&cross, FOLDS, &[0.01, 0.001])?;
-    let photo_figures = verification(&photo_pairs(set, &photos), FOLDS, &[0.01])?;
+    let photo_figures = verification(
+        &pairs_within(set.photo, set.people, &photos),
+        FOLDS,
+        &[0.01],
+    )?;
     let (cp, dir) = identification(set, &caricatures, &photos)?;
     let (pc, _) = identification(set, &photos, &caricatures)?;
     Ok(UnseenFigures {
@@ -96,8 +100,9 @@ pub fn unseen_figures(set: &UnseenSet, seed: u64) -> Result<UnseenFigures, Metri
     })
 }
 
-fn dot(set_rows: &[f32], a: usize, b: usize) -> f32 {
-    let row = |i: usize| &set_rows[i * 128..][..128];
+/// The dot product of rows `a` and `b` of row-major 128-d embeddings.
+pub fn dot(rows: &[f32], a: usize, b: usize) -> f32 {
+    let row = |i: usize| &rows[i * 128..][..128];
     row(a).iter().zip(row(b)).map(|(x, y)| x * y).sum()
 }
 
@@ -134,14 +139,15 @@ fn cross_modal_pairs(
     pairs
 }
 
-/// Every photo–photo pair.
-fn photo_pairs(set: &UnseenSet, photos: &[usize]) -> Vec<Scored> {
+/// Every pair of the rows `members` of `rows`, scored by their dot product; same person when
+/// `people` says so.
+pub fn pairs_within(rows: &[f32], people: &[u32], members: &[usize]) -> Vec<Scored> {
     let mut pairs = Vec::new();
-    for (k, &a) in photos.iter().enumerate() {
-        for &b in &photos[k + 1..] {
+    for (k, &a) in members.iter().enumerate() {
+        for &b in &members[k + 1..] {
             pairs.push(Scored {
-                score: dot(set.photo, a, b),
-                genuine: set.people[a] == set.people[b],
+                score: dot(rows, a, b),
+                genuine: people[a] == people[b],
             });
         }
     }
@@ -213,6 +219,20 @@ fn thin(roc: &[RocPoint]) -> Vec<(f64, f64)> {
 mod tests {
     use super::*;
 
+    /// A set whose cross-modal and photo embeddings are the same rows.
+    fn one_space<'a>(
+        embeddings: &'a [f32],
+        people: &'a [u32],
+        modalities: &'a [Modality],
+    ) -> UnseenSet<'a> {
+        UnseenSet {
+            cross: embeddings,
+            photo: embeddings,
+            people,
+            modalities,
+        }
+    }
+
     /// Two people, one photo and one caricature each, in separate directions of the space.
     fn rows(vectors: &[[f32; 2]]) -> Vec<f32> {
         vectors
@@ -245,12 +265,7 @@ mod tests {
             }
         }
         let embeddings = rows(&vectors);
-        let set = UnseenSet {
-            cross: &embeddings,
-            photo: &embeddings,
-            people: &people,
-            modalities: &modalities,
-        };
+        let set = one_space(&embeddings, &people, &modalities);
         let f = unseen_figures(&set, 1).unwrap();
         assert_eq!(f.people, 4);
         assert_eq!(f.auc, 1.0);
@@ -271,12 +286,7 @@ mod tests {
             Modality::Caricature,
         ];
         let embeddings = rows(&vectors);
-        let set = UnseenSet {
-            cross: &embeddings,
-            photo: &embeddings,
-            people: &people,
-            modalities: &modalities,
-        };
+        let set = one_space(&embeddings, &people, &modalities);
         let (cmc, _) = identification(&set, &[2, 3], &[0, 1]).unwrap();
         assert_eq!(cmc[0], 0.5);
         assert_eq!(cmc[1], 1.0);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::features::{MapError, MapPair, MapWorker};
 use super::onnx::TRUNK_LEN;
-use crate::caricature::{CaricatureConfig, CaricatureError, Style, caricature};
+use crate::caricature::{CaricatureConfig, CaricatureError, Style, caricature_and_landmarks};
 use crate::jobs::{CacheError, JobCache, Worker};
 use crate::rng::Rng;
 use crate::types::{Face, RgbImage};
@@ -94,8 +94,7 @@ impl BankWorker {
             jitter: WARP_JITTER,
             seed: rng.next_u64(),
         };
-        let warped = caricature(image, face, &config)?;
-        let targets = crate::caricature::exaggerate(&face.landmarks, &config)?;
+        let (warped, targets) = caricature_and_landmarks(image, face, &config)?;
         let scale = face.bbox.width().max(1.0) / 100.0;
         let mut moved = Face {
             landmarks: targets,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bank::{BankCache, BankSettings, BankWorker};
 use super::data::{Dataset, Role, SplitOptions, check_images, split};
-use super::features::{CHIP_SIZE, ImageMaps, MapCache, MapWorker};
+use super::features::{CHIP_SIZE, ImageMaps, MapCache, MapError, MapWorker};
 use super::net::{BranchWeights, EMBEDDING_DIM, MapFeatures, TASK_NAMES, embed_maps};
 use super::onnx::{DescriptorModel, encode, read_model, write_model};
 use super::report::{
@@ -30,7 +30,7 @@ use crate::eval::protocol::{named_by_pairs, read_layout, read_manifest};
 use crate::eval::tsne::{TsneConfig, tsne};
 use crate::eval::unseen::{UnseenFigures, UnseenSet, unseen_figures};
 use crate::files::sha256_hex;
-use crate::jobs::{self, Progress, cache_key};
+use crate::jobs::{self, JobCache, Progress, Worker, cache_key};
 use crate::pipeline::still::FaceSearch;
 use crate::rng::Rng;
 use crate::runtime::{Device, Runtime, RuntimeConfig};
@@ -420,35 +420,26 @@ fn mix_branches(
     let interpolate = config.options.interpolate;
     let shared_mixes: &[f64] = if interpolate { &MIXES } else { &[1.0] };
     let photo_mixes: &[f64] = if interpolate { &MIXES } else { &[0.0, 1.0] };
-    let examples = &prepared.validation;
-    let maps: Vec<&MapFeatures> = examples.maps.iter().map(|m| &m[0]).collect();
-    let device = candle_core::Device::Cpu;
-    let embed = |w: &BranchWeights| embed_maps(w, &maps, &device);
-    let mut shared_best: Option<(f64, Validation)> = None;
-    for &m in shared_mixes {
-        let e = embed(&mix(&prepared.pretrained, &trained[0], m))?;
-        let v = pair_validation(&e, &e, examples)?;
-        if shared_best
-            .as_ref()
-            .is_none_or(|(_, b)| config.select.score(&v) > config.select.score(b))
-        {
-            shared_best = Some((m, v));
+    let best_mix = |mixes: &[f64],
+                    trained: &BranchWeights,
+                    better: &dyn Fn(&Validation, &Validation) -> bool|
+     -> Result<(f64, Validation), TrainError> {
+        let mut best: Option<(f64, Validation)> = None;
+        for &m in mixes {
+            let v =
+                branch_validation(&mix(&prepared.pretrained, trained, m), &prepared.validation)?;
+            if best.as_ref().is_none_or(|(_, b)| better(&v, b)) {
+                best = Some((m, v));
+            }
         }
-    }
-    let mut photo_best: Option<(f64, Validation)> = None;
-    for &m in photo_mixes {
-        let e = embed(&mix(&prepared.pretrained, &trained[1], m))?;
-        let v = pair_validation(&e, &e, examples)?;
-        if photo_best
-            .as_ref()
-            .is_none_or(|(_, b)| (v.photo_tar, v.photo_auc) > (b.photo_tar, b.photo_auc))
-        {
-            photo_best = Some((m, v));
-        }
-    }
-    let (Some((shared_mix, shared)), Some((photo_mix, photo))) = (shared_best, photo_best) else {
-        unreachable!("every mix list has an entry");
+        Ok(best.expect("every mix list has an entry"))
     };
+    let (shared_mix, shared) = best_mix(shared_mixes, &trained[0], &|v, b| {
+        config.select.score(v) > config.select.score(b)
+    })?;
+    let (photo_mix, photo) = best_mix(photo_mixes, &trained[1], &|v, b| {
+        (v.photo_tar, v.photo_auc) > (b.photo_tar, b.photo_auc)
+    })?;
     let weights = vec![
         mix(&prepared.pretrained, &trained[0], shared_mix),
         mix(&prepared.pretrained, &trained[1], photo_mix),
@@ -824,29 +815,60 @@ fn compute_maps(
     events: &dyn Fn(Event),
     stop: &AtomicBool,
 ) -> Result<Vec<Option<ImageMaps>>, TrainError> {
+    let open = |runtime: &Runtime| {
+        MapWorker::open(
+            runtime,
+            &config.models_dir,
+            trunk,
+            DetectorConfig::default(),
+            config.faces.clone(),
+            config.no_face == NoFace::Fallback,
+        )
+    };
+    let images = JobImages {
+        dataset,
+        wanted,
+        hashes,
+    };
+    run_jobs(config, &images, open, &mut cache, events, stop)
+}
+
+/// The images a job run works on: indexes into the dataset and every image's sha256.
+struct JobImages<'a> {
+    dataset: &'a Dataset,
+    wanted: &'a [usize],
+    hashes: &'a [String],
+}
+
+/// Runs `config.jobs` workers made by `open` over `images` through the job runner and `cache`;
+/// an image that fails is logged (unless Ctrl-C stopped the run) and gives `None`.
+fn run_jobs<W: Worker>(
+    config: &TrainConfig,
+    images: &JobImages,
+    open: impl Fn(&Runtime) -> Result<W, MapError>,
+    cache: &mut dyn JobCache<W::Output>,
+    events: &dyn Fn(Event),
+    stop: &AtomicBool,
+) -> Result<Vec<Option<W::Output>>, TrainError> {
     let runtime = Runtime::init(RuntimeConfig {
         device: Device::Auto,
         intra_threads: 1,
     })?;
     let workers = (0..config.jobs.max(1))
-        .map(|_| {
-            MapWorker::open(
-                &runtime,
-                &config.models_dir,
-                trunk,
-                DetectorConfig::default(),
-                config.faces.clone(),
-                config.no_face == NoFace::Fallback,
-            )
-        })
+        .map(|_| open(&runtime))
         .collect::<Result<Vec<_>, _>>()?;
-    let paths: Vec<PathBuf> = wanted
+    let paths: Vec<PathBuf> = images
+        .wanted
         .iter()
-        .map(|&i| dataset.images[i].path.clone())
+        .map(|&i| images.dataset.images[i].path.clone())
         .collect();
-    let wanted_hashes = wanted.iter().map(|&i| Ok(hashes[i].clone())).collect();
+    let hashes = images
+        .wanted
+        .iter()
+        .map(|&i| Ok(images.hashes[i].clone()))
+        .collect();
     let progress = |p| events(Event::Jobs(p));
-    let (outcomes, _) = jobs::run(&paths, wanted_hashes, workers, &mut cache, &progress, stop)?;
+    let (outcomes, _) = jobs::run(&paths, hashes, workers, cache, &progress, stop)?;
     Ok(outcomes
         .into_iter()
         .map(|outcome| {
@@ -881,41 +903,34 @@ fn add_bank(
         .into_iter()
         .filter(|&i| dataset.images[i].modality == Modality::Photo)
         .collect();
-    let runtime = Runtime::init(RuntimeConfig {
-        device: Device::Auto,
-        intra_threads: 1,
-    })?;
-    let workers = (0..config.jobs.max(1))
-        .map(|_| {
-            let maps = MapWorker::open(
-                &runtime,
-                &config.models_dir,
-                trunk,
-                DetectorConfig::default(),
-                config.faces.clone(),
-                false,
-            )?;
-            Ok(BankWorker::new(maps, config.bank))
-        })
-        .collect::<Result<Vec<_>, TrainError>>()?;
+    let open = |runtime: &Runtime| {
+        let maps = MapWorker::open(
+            runtime,
+            &config.models_dir,
+            trunk,
+            DetectorConfig::default(),
+            config.faces.clone(),
+            false,
+        )?;
+        Ok(BankWorker::new(maps, config.bank))
+    };
     let trunk_dir = trunk.parent().unwrap_or(Path::new("."));
     let mut cache = BankCache::new(
         &trunk_dir.join(format!("bank-{}", cache_key("", &config.bank.describe()))),
         config.bank.variants,
     );
-    let paths: Vec<PathBuf> = photos
-        .iter()
-        .map(|&i| dataset.images[i].path.clone())
-        .collect();
-    let photo_hashes = photos.iter().map(|&i| Ok(hashes[i].clone())).collect();
-    let progress = |p| events(Event::Jobs(p));
-    let (outcomes, _) = jobs::run(&paths, photo_hashes, workers, &mut cache, &progress, stop)?;
+    let images = JobImages {
+        dataset,
+        wanted: &photos,
+        hashes,
+    };
+    let outcomes = run_jobs(config, &images, open, &mut cache, events, stop)?;
     if stop.load(Ordering::SeqCst) {
         return Ok(None);
     }
     let mut added = 0;
     for (&i, outcome) in photos.iter().zip(outcomes) {
-        let (Ok(variants), Some(label)) = (outcome, dataset.class_of(i)) else {
+        let (Some(variants), Some(label)) = (outcome, dataset.class_of(i)) else {
             continue;
         };
         for pair in variants {
@@ -1170,7 +1185,7 @@ fn train(
             batch: progress.as_ref().map(|p| p.position.next_batch),
         });
     }
-    let dlib = dlib_validation(prepared, &config.options)?;
+    let dlib = dlib_validation(prepared)?;
     let mut best_cross: Option<BranchWeights> = None;
     if trainer.steps_done() == 0 {
         report_before(&dlib, &trainer, prepared, events)?;
@@ -1344,13 +1359,18 @@ fn embed_map(
 
 /// The validation figures of dlib's own descriptor (the untrained network: every head starts
 /// as dlib's last block).
-fn dlib_validation(prepared: &Prepared, options: &TrainOptions) -> Result<Validation, TrainError> {
-    let untrained = Trainer::new(
-        &prepared.pretrained,
-        prepared.dataset.classes.len(),
-        options.clone(),
-    )?;
-    untrained.validate(&prepared.validation, false)
+fn dlib_validation(prepared: &Prepared) -> Result<Validation, TrainError> {
+    branch_validation(&prepared.pretrained, &prepared.validation)
+}
+
+/// Validation figures (both pair sets) of one branch given as plain weights.
+fn branch_validation(
+    weights: &BranchWeights,
+    examples: &Examples,
+) -> Result<Validation, TrainError> {
+    let maps: Vec<&MapFeatures> = examples.maps.iter().map(|m| &m[0]).collect();
+    let embeddings = embed_maps(weights, &maps, &candle_core::Device::Cpu)?;
+    pair_validation(&embeddings, &embeddings, examples)
 }
 
 /// The unseen-people figures of a model whose cross-modal and photo branches have these

@@ -18,6 +18,7 @@ use super::onnx::TRUNK_LEN;
 use super::optim::{RmsProp, RmsPropConfig};
 use super::{CheckpointError, TrainError};
 use crate::eval::metrics::{Scored, auc, rates_at, roc, threshold_at_far};
+use crate::eval::unseen::{dot, pairs_within};
 use crate::rng::Rng;
 use crate::types::Modality;
 
@@ -604,24 +605,27 @@ fn task_rows(batch: &[usize], examples: &Examples) -> Vec<Vec<u32>> {
 
 /// Every caricature–photo pair of the examples, scored by the dot product of `embeddings`.
 fn cross_modal_pairs(embeddings: &[f32], examples: &Examples) -> Vec<Scored> {
-    let row = |i: usize| &embeddings[i * EMBEDDING_DIM..][..EMBEDDING_DIM];
-    let of = |m: Modality| -> Vec<usize> {
-        (0..examples.len())
-            .filter(|&i| examples.modalities[i] == m)
-            .collect()
-    };
-    let (caricatures, photos) = (of(Modality::Caricature), of(Modality::Photo));
+    let (caricatures, photos) = (
+        with_modality(examples, Modality::Caricature),
+        with_modality(examples, Modality::Photo),
+    );
     let mut pairs = Vec::with_capacity(caricatures.len() * photos.len());
     for &c in &caricatures {
         for &p in &photos {
-            let score = row(c).iter().zip(row(p)).map(|(a, b)| a * b).sum();
             pairs.push(Scored {
-                score,
+                score: dot(embeddings, c, p),
                 genuine: examples.labels[c] == examples.labels[p],
             });
         }
     }
     pairs
+}
+
+/// Indexes of the examples of one modality.
+fn with_modality(examples: &Examples, modality: Modality) -> Vec<usize> {
+    (0..examples.len())
+        .filter(|&i| examples.modalities[i] == modality)
+        .collect()
 }
 
 /// Validation figures (without classification accuracy) of row-major normalised embeddings:
@@ -633,7 +637,8 @@ pub fn pair_validation(
 ) -> Result<Validation, TrainError> {
     let pairs = cross_modal_pairs(cross, examples);
     let (cross_modal_auc, cross_modal_tar) = auc_and_tar(&pairs)?;
-    let (photo_auc, photo_tar) = auc_and_tar(&photo_pairs(photo, examples))?;
+    let photos = with_modality(examples, Modality::Photo);
+    let (photo_auc, photo_tar) = auc_and_tar(&pairs_within(photo, &examples.labels, &photos))?;
     Ok(Validation {
         accuracy: None,
         cross_modal_auc,
@@ -642,24 +647,6 @@ pub fn pair_validation(
         photo_auc,
         photo_tar,
     })
-}
-
-/// Every photo–photo pair of the examples, scored by the dot product of `embeddings`.
-fn photo_pairs(embeddings: &[f32], examples: &Examples) -> Vec<Scored> {
-    let row = |i: usize| &embeddings[i * EMBEDDING_DIM..][..EMBEDDING_DIM];
-    let photos: Vec<usize> = (0..examples.len())
-        .filter(|&i| examples.modalities[i] == Modality::Photo)
-        .collect();
-    let mut pairs = Vec::new();
-    for (k, &a) in photos.iter().enumerate() {
-        for &b in &photos[k + 1..] {
-            pairs.push(Scored {
-                score: row(a).iter().zip(row(b)).map(|(x, y)| x * y).sum(),
-                genuine: examples.labels[a] == examples.labels[b],
-            });
-        }
-    }
-    pairs
 }
 
 /// AUC and TAR at the validation FAR of `pairs` (NaN when one class is missing).
