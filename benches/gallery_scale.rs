@@ -17,7 +17,8 @@
 //! (exact search only in memory), `GALLERY_SCALE_PG=0` (no
 //! database), `GALLERY_SCALE_PG_EF` (`hnsw.ef_search` values, `40,100,200,400`),
 //! `GALLERY_SCALE_PG_M` / `GALLERY_SCALE_PG_EFC` (pgvector build, 16 / 64),
-//! `GALLERY_SCALE_OUT` (report folder, `target/gallery_scale`). Skips without the face data or
+//! `GALLERY_SCALE_KEEP` (keep each folder gallery, with its search graph, in `KEEP/<size>`
+//! instead of a temporary folder), `GALLERY_SCALE_OUT` (report folder, `target/gallery_scale`). Skips without the face data or
 //! the PostgreSQL binaries (fails instead under `CARIVIS_REQUIRE_DATA=1`).
 
 #[path = "../tests/common/mod.rs"]
@@ -32,7 +33,7 @@ use carivis::embed::DLIB_SPEC;
 use carivis::eval::cache::{EmbeddingCache, SubjectEmbedder, default_cache_dir};
 use carivis::gallery::index::{Hit, HnswParams, Index};
 use carivis::gallery::postgres::PgUrl;
-use carivis::gallery::store::{Enrolment, ModelId};
+use carivis::gallery::store::{Enrolment, ModelId, graph_file};
 use carivis::gallery::{Gallery, Location, NewEntry};
 use carivis::pipeline::still::FaceSearch;
 use carivis::types::{Embedding, Modality, dot};
@@ -62,7 +63,7 @@ fn main() {
     for &size in &config.sizes {
         let set = VectorSet::make(size, config.queries, &real, &model);
         println!("\n== {size} entries: {} ==", set.source);
-        let gallery = FolderGallery::write(&set, &faces_model);
+        let gallery = FolderGallery::write(&set, &faces_model, &config);
         let (mut these, exact) = measure_in_memory(&set, &gallery, &config);
         if let Some(server) = &server {
             these.extend(measure_pgvector(
@@ -90,6 +91,7 @@ struct Config {
     pg_m: usize,
     pg_ef_construction: usize,
     pg_ef: Vec<usize>,
+    keep: Option<PathBuf>,
     out: PathBuf,
 }
 
@@ -110,6 +112,7 @@ impl Config {
             pg_m: one("GALLERY_SCALE_PG_M", 16),
             pg_ef_construction: one("GALLERY_SCALE_PG_EFC", 64),
             pg_ef: list("GALLERY_SCALE_PG_EF", "40,100,200,400"),
+            keep: std::env::var_os("GALLERY_SCALE_KEEP").map(PathBuf::from),
             out: std::env::var_os("GALLERY_SCALE_OUT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| common::repo_file("target/gallery_scale")),
@@ -377,18 +380,34 @@ impl VectorSet {
     }
 }
 
-/// A folder gallery written from a vector set, reopened as a reader would.
+/// A folder gallery written from a vector set with the benchmark's graph parameters, reopened
+/// as a reader would: in a temporary folder, or kept in `GALLERY_SCALE_KEEP/<size>` (with its
+/// search graph) for `carivis bench --gallery`.
 struct FolderGallery {
     gallery: Gallery,
-    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl FolderGallery {
-    fn write(set: &VectorSet, model: &ModelId) -> Self {
-        let dir = tempfile::tempdir_in(common::repo_file("target")).expect("temporary folder");
-        let path = dir.path().join("gallery");
+    fn write(set: &VectorSet, model: &ModelId, config: &Config) -> Self {
+        let (dir, temporary) = match &config.keep {
+            Some(keep) => {
+                let dir = keep.join(set.size.to_string());
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).expect("old kept gallery removed");
+                }
+                (dir, None)
+            }
+            None => {
+                let temporary =
+                    tempfile::tempdir_in(common::repo_file("target")).expect("temporary folder");
+                (temporary.path().join("gallery"), Some(temporary))
+            }
+        };
         let started = Instant::now();
-        let mut gallery = Gallery::create(&path, model.clone()).expect("gallery created");
+        let mut gallery = Gallery::create(&dir, model.clone()).expect("gallery created");
+        gallery.set_search_params(config.hnsw);
         for ((v, name), source) in set.vectors.iter().zip(&set.names).zip(&set.paths) {
             gallery
                 .add(new_entry(name, source), &unit_embedding(v))
@@ -399,15 +418,20 @@ impl FolderGallery {
         drop(gallery);
         let before = rss_mb();
         let started = Instant::now();
-        let gallery = Gallery::open(&path, model).expect("gallery opens");
+        let gallery = Gallery::open(&dir, model).expect("gallery opens");
         println!(
-            "folder gallery: written in {write_s:.1} s, opened in {:.1} s (+{:.0} MB resident), \
-             {:.1} MB on disk",
+            "folder gallery {}: written in {write_s:.1} s, opened in {:.1} s (+{:.0} MB \
+             resident), {:.1} MB on disk",
+            dir.display(),
             started.elapsed().as_secs_f64(),
             rss_mb() - before,
-            folder_mb(&path)
+            folder_mb(&dir)
         );
-        Self { gallery, _dir: dir }
+        Self {
+            gallery,
+            dir,
+            _temporary: temporary,
+        }
     }
 }
 
@@ -543,26 +567,42 @@ impl Series {
     }
 }
 
-/// The folder gallery's exact search and its HNSW index at every ef_search (printed at once);
-/// the exact answers for the other backends' recall.
+/// The folder gallery's exact search and its HNSW index at every ef_search (printed at once):
+/// the graph built, written to the gallery folder where the gallery keeps it, and read back as
+/// a gallery opening it would; the exact answers for the other backends' recall.
 fn measure_in_memory(
     set: &VectorSet,
     folder: &FolderGallery,
     config: &Config,
 ) -> (Vec<Row>, Series) {
-    let disk = folder_mb(Path::new(&folder.gallery.location()));
+    let dim = set.vectors[0].len();
     let before = rss_mb();
-    let copy = set.vectors.clone();
+    let copy: Vec<f32> = set.vectors.concat();
     let exact_mb = rss_mb() - before;
     if !config.graph {
-        let index = Index::exact(copy, config.hnsw);
-        return exact_rows(set, &index, exact_mb, disk);
+        let index = Index::exact(copy, dim, config.hnsw);
+        return exact_rows(set, &index, exact_mb, folder_mb(&folder.dir));
     }
     let started = Instant::now();
-    let mut index = Index::build_graph(copy, config.hnsw);
+    let built = Index::build_graph(copy.clone(), dim, config.hnsw);
     let build_s = started.elapsed().as_secs_f64();
-    let graph_mb = rss_mb() - before;
-    println!("in-memory HNSW index built in {build_s:.1} s");
+    let graph_file = graph_file(&folder.dir, "shared", Modality::Photo);
+    let started = Instant::now();
+    built.save_graph(&graph_file).expect("graph written");
+    let save_s = started.elapsed().as_secs_f64();
+    let before = rss_mb();
+    let started = Instant::now();
+    let mut index = Index::load_graph(copy, dim, config.hnsw, &graph_file)
+        .unwrap_or_else(|_| panic!("graph read back from {}", graph_file.display()));
+    let load_s = started.elapsed().as_secs_f64();
+    let graph_mb = exact_mb + rss_mb() - before;
+    drop(built);
+    let disk = folder_mb(&folder.dir);
+    println!(
+        "in-memory HNSW index built in {build_s:.1} s; its graph written in {save_s:.1} s \
+         ({:.0} MB) and read back in {load_s:.2} s",
+        std::fs::metadata(&graph_file).expect("graph file").len() as f64 / 1e6
+    );
     let (mut rows, exact) = exact_rows(set, &index, exact_mb, disk);
     for &ef in &config.ef {
         index.set_ef_search(ef);

@@ -1,22 +1,13 @@
-//! Nearest-neighbour search over unit vectors: an HNSW graph (`hnsw_rs`) for large sets and
-//! exact search below [`EXACT_SEARCH_BELOW`] vectors, where it is the faster of the two.
+//! Nearest-neighbour search over unit vectors: an HNSW graph for large sets (built by
+//! `hnsw_rs`, searched and stored in flat arrays, see [`super::graph`]) and exact search below
+//! [`EXACT_SEARCH_BELOW`] vectors, where it is the faster of the two.
 
-use hnsw_rs::prelude::{Distance, Hnsw};
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
+use super::graph::Graph;
 use crate::types::dot;
-
-/// `1 − a·b` for unit vectors (cosine distance), never negative. Written here rather than using
-/// `hnsw_rs`'s `DistDot`, whose scalar fallback asserts on the tiny negative values rounding
-/// gives for identical vectors; eight accumulators let the compiler vectorise the loop.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct UnitDotDistance;
-
-impl Distance<f32> for UnitDotDistance {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
 
 /// HNSW construction and search parameters, stored in the gallery's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +33,6 @@ impl Default for HnswParams {
 /// Most neighbours per node `hnsw_rs` accepts (it ends the process on more).
 pub const MAX_CONNECTIONS: usize = 256;
 
-/// `hnsw_rs` keeps at most 16 layers (and its dump format requires exactly 16).
-const MAX_LAYERS: usize = 16;
-
 /// Sets of fewer vectors than this are searched exactly, without a graph: measured with
 /// `cargo bench --bench gallery_scale` on this project's 2-core VM (128-d vectors, k = 10),
 /// exact search was faster than an HNSW query below this size; see README, "Many machines".
@@ -59,30 +47,58 @@ pub struct Hit {
     pub similarity: f32,
 }
 
-/// A nearest-neighbour index over a fixed set of unit vectors of one dimension: an HNSW graph
-/// from [`EXACT_SEARCH_BELOW`] vectors on, exact search below.
+/// A nearest-neighbour index over a fixed set of unit vectors of one dimension, held as
+/// contiguous rows: an HNSW graph from [`EXACT_SEARCH_BELOW`] vectors on, exact search below.
 pub struct Index {
-    graph: Option<Hnsw<'static, f32, UnitDotDistance>>,
-    vectors: Vec<Vec<f32>>,
+    graph: Option<Graph>,
+    vectors: Vec<f32>,
+    dim: usize,
     params: HnswParams,
 }
 
 impl Index {
-    /// Builds the index over `vectors` (all of the same length, unit norm): with a graph when
+    /// Builds the index over `vectors` (rows of `dim` values, unit norm): with a graph when
     /// [`Index::uses_graph`] says so for their number.
-    pub fn build(vectors: Vec<Vec<f32>>, params: HnswParams) -> Self {
-        if Self::uses_graph(vectors.len()) {
-            Self::build_graph(vectors, params)
+    pub fn build(vectors: Vec<f32>, dim: usize, params: HnswParams) -> Self {
+        if Self::uses_graph(rows(&vectors, dim)) {
+            Self::build_graph(vectors, dim, params)
         } else {
-            Self::exact(vectors, params)
+            Self::exact(vectors, dim, params)
         }
     }
 
+    /// As [`Index::build`], keeping the graph in `graph_file`: read from it when it holds the
+    /// graph of these vectors with these construction parameters, otherwise built and written
+    /// there (a file that cannot be written is logged and the index used all the same).
+    pub fn build_stored(
+        vectors: Vec<f32>,
+        dim: usize,
+        params: HnswParams,
+        graph_file: &Path,
+    ) -> Self {
+        if !Self::uses_graph(rows(&vectors, dim)) {
+            return Self::exact(vectors, dim, params);
+        }
+        let vectors = match Self::load_graph(vectors, dim, params, graph_file) {
+            Ok(index) => return index,
+            Err(vectors) => vectors,
+        };
+        let index = Self::build_graph(vectors, dim, params);
+        if let Err(e) = index.save_graph(graph_file) {
+            tracing::warn!(
+                "could not keep the search graph in {}: {e}; it will be built again next time",
+                graph_file.display()
+            );
+        }
+        index
+    }
+
     /// The index without a graph whatever the number of vectors: every search is exact.
-    pub fn exact(vectors: Vec<Vec<f32>>, params: HnswParams) -> Self {
+    pub fn exact(vectors: Vec<f32>, dim: usize, params: HnswParams) -> Self {
         Self {
             graph: None,
             vectors,
+            dim,
             params,
         }
     }
@@ -94,25 +110,65 @@ impl Index {
 
     /// Builds the index with an HNSW graph whatever the number of vectors, inserting on all
     /// cores (rayon's pool).
-    pub fn build_graph(vectors: Vec<Vec<f32>>, params: HnswParams) -> Self {
-        let graph = Hnsw::new(
+    pub fn build_graph(vectors: Vec<f32>, dim: usize, params: HnswParams) -> Self {
+        let graph = Graph::build(
+            &vectors,
+            dim,
             params.max_connections,
-            vectors.len().max(1),
-            MAX_LAYERS,
             params.ef_construction,
-            UnitDotDistance,
         );
-        let rows: Vec<(&[f32], usize)> = vectors
-            .iter()
-            .enumerate()
-            .map(|(row, v)| (v.as_slice(), row))
-            .collect();
-        graph.parallel_insert_slice(&rows);
         Self {
             graph: Some(graph),
             vectors,
+            dim,
             params,
         }
+    }
+
+    /// Writes the graph to `path` (atomically) for [`Index::load_graph`]; an index without a
+    /// graph writes nothing.
+    pub fn save_graph(&self, path: &Path) -> std::io::Result<()> {
+        match &self.graph {
+            Some(graph) => crate::files::write_atomic(path, &graph.encode(self.fingerprint())),
+            None => Ok(()),
+        }
+    }
+
+    /// The index over `vectors` with the graph saved in `path`, when that file holds the
+    /// graph of exactly these vectors built with these parameters; the vectors back otherwise.
+    pub fn load_graph(
+        vectors: Vec<f32>,
+        dim: usize,
+        params: HnswParams,
+        path: &Path,
+    ) -> Result<Self, Vec<f32>> {
+        let mut index = Self::exact(vectors, dim, params);
+        let graph = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| Graph::decode(&bytes, index.fingerprint(), index.len()));
+        match graph {
+            Some(graph) => {
+                index.graph = Some(graph);
+                Ok(index)
+            }
+            None => Err(index.vectors),
+        }
+    }
+
+    /// A 64-bit FNV-1a hash of the vectors and the construction parameters: what a stored
+    /// graph must have been built from to be used.
+    fn fingerprint(&self) -> u64 {
+        let header = [
+            self.dim as u32,
+            self.params.max_connections as u32,
+            self.params.ef_construction as u32,
+        ];
+        let words = header
+            .into_iter()
+            .chain(self.vectors.iter().map(|x| x.to_bits()));
+        words.fold(0xcbf2_9ce4_8422_2325, |hash, word| {
+            (hash ^ u64::from(word)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
     }
 
     /// Whether searches go through an HNSW graph (otherwise they are exact).
@@ -127,7 +183,7 @@ impl Index {
 
     /// Number of vectors indexed.
     pub fn len(&self) -> usize {
-        self.vectors.len()
+        rows(&self.vectors, self.dim)
     }
 
     /// Whether the index is empty.
@@ -135,40 +191,34 @@ impl Index {
         self.vectors.is_empty()
     }
 
-    /// Dimension of the indexed vectors (0 when empty).
+    /// Dimension of the indexed vectors.
     pub fn dim(&self) -> usize {
-        self.vectors.first().map_or(0, Vec::len)
+        self.dim
     }
 
     /// The `k` nearest neighbours, most similar first: approximate through the graph, exact
-    /// without one. The query must have the index's dimension (`hnsw_rs` panics otherwise;
-    /// callers validate).
+    /// without one. The query must have the index's dimension (callers validate).
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
         let Some(graph) = &self.graph else {
             return self.exact_search(query, k);
         };
-        if self.is_empty() || k == 0 {
-            return Vec::new();
-        }
-        debug_assert_eq!(query.len(), self.dim());
+        debug_assert_eq!(query.len(), self.dim);
         let ef = self.params.ef_search.max(k);
-        let mut hits: Vec<Hit> = graph
-            .search(query, k.min(self.len()), ef)
+        graph
+            .search(&self.vectors, self.dim, query, k, ef)
             .into_iter()
-            .map(|n| Hit {
-                row: n.d_id,
-                similarity: dot(query, &self.vectors[n.d_id]),
-            })
-            .collect();
-        hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-        hits
+            .map(|(row, similarity)| Hit { row, similarity })
+            .collect()
     }
 
     /// The `k` exact nearest neighbours by brute force, most similar first.
     pub fn exact_search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+        if self.dim == 0 {
+            return Vec::new();
+        }
         let mut hits: Vec<Hit> = self
             .vectors
-            .iter()
+            .chunks_exact(self.dim)
             .enumerate()
             .map(|(row, v)| Hit {
                 row,
@@ -185,67 +235,76 @@ impl Index {
     }
 }
 
+/// Number of rows of `dim` values in `vectors`.
+fn rows(vectors: &[f32], dim: usize) -> usize {
+    vectors.len().checked_div(dim).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn unit(v: Vec<f32>) -> Vec<f32> {
-        let n = dot(&v, &v).sqrt();
-        v.into_iter().map(|x| x / n).collect()
+    fn circle(n: usize) -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| {
+                let a = i as f32 * std::f32::consts::TAU / n as f32;
+                [a.cos(), a.sin()]
+            })
+            .collect()
     }
 
-    #[test]
-    fn hnsw_finds_the_same_nearest_vector_as_exact_search() {
-        let mut seed = 7u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        };
-        let vectors: Vec<Vec<f32>> = (0..500)
-            .map(|_| unit((0..32).map(|_| next()).collect()))
-            .collect();
-        let index = Index::build_graph(vectors.clone(), HnswParams::default());
-        let agree = vectors
-            .iter()
-            .take(100)
-            .filter(|q| index.search(q, 1)[0].row == index.exact_search(q, 1)[0].row)
-            .count();
-        assert!(agree >= 99, "{agree}/100");
-        assert!((index.search(&vectors[3], 1)[0].similarity - 1.0).abs() < 1e-5);
-    }
+    const CHEAP: HnswParams = HnswParams {
+        max_connections: 4,
+        ef_construction: 8,
+        ef_search: 8,
+    };
 
     #[test]
     fn an_empty_index_returns_nothing() {
-        let index = Index::build(Vec::new(), HnswParams::default());
+        let index = Index::build(Vec::new(), 2, HnswParams::default());
         assert!(index.search(&[1.0, 0.0], 3).is_empty());
-        let graph = Index::build_graph(Vec::new(), HnswParams::default());
+        let graph = Index::build_graph(Vec::new(), 2, HnswParams::default());
         assert!(graph.search(&[1.0, 0.0], 3).is_empty());
     }
 
     #[test]
     fn small_sets_are_searched_exactly_and_large_ones_through_a_graph() {
-        let circle = |n: usize| -> Vec<Vec<f32>> {
-            (0..n)
-                .map(|i| {
-                    let a = i as f32 * std::f32::consts::TAU / n as f32;
-                    vec![a.cos(), a.sin()]
-                })
-                .collect()
-        };
-        let cheap = HnswParams {
-            max_connections: 4,
-            ef_construction: 8,
-            ef_search: 8,
-        };
-        let small = Index::build(circle(EXACT_SEARCH_BELOW - 1), cheap);
+        let small = Index::build(circle(EXACT_SEARCH_BELOW - 1), 2, CHEAP);
         assert!(!small.has_graph());
         let query = [1.0, 0.001];
         assert_eq!(small.search(&query, 3), small.exact_search(&query, 3));
-        let large = Index::build(circle(EXACT_SEARCH_BELOW), cheap);
+        let large = Index::build(circle(EXACT_SEARCH_BELOW), 2, CHEAP);
         assert!(large.has_graph());
         let found = large.search(&query, 1)[0].similarity;
         assert!(found > 0.9999, "{found}");
+    }
+
+    #[test]
+    fn a_stored_graph_is_read_back_for_the_same_vectors_and_rebuilt_for_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("graph.hnsw");
+        let vectors = circle(EXACT_SEARCH_BELOW);
+        let built = Index::build_stored(vectors.clone(), 2, CHEAP, &file);
+        let written = std::fs::read(&file).expect("graph written");
+        let read = Index::load_graph(vectors.clone(), 2, CHEAP, &file)
+            .unwrap_or_else(|_| panic!("graph read back"));
+        assert_eq!(read.graph, built.graph);
+        let query = [0.3, 0.954];
+        assert_eq!(read.search(&query, 5), built.search(&query, 5));
+        let other_params = HnswParams {
+            ef_construction: 9,
+            ..CHEAP
+        };
+        assert!(Index::load_graph(vectors.clone(), 2, other_params, &file).is_err());
+        let mut moved = vectors;
+        moved.swap(0, 2);
+        assert!(Index::load_graph(moved.clone(), 2, CHEAP, &file).is_err());
+        let rebuilt = Index::build_stored(moved, 2, CHEAP, &file);
+        assert!(rebuilt.has_graph());
+        assert_ne!(
+            std::fs::read(&file).unwrap(),
+            written,
+            "stale graph replaced"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! embeddings, HNSW indexes per branch and modality, and identification with per-direction
 //! thresholds. Adding a person needs no retraining and touches no other entry's embedding.
 
+mod graph;
 pub mod index;
 pub mod matching;
 pub mod postgres;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use index::Index;
+use index::{HnswParams, Index};
 use matching::{Branch, Candidate, Neighbour, Thresholds, rank_identities};
 use postgres::{PgStore, PgUrl};
 use store::{Entry, Lock, Manifest, ModelId, ModelProblem, Settings};
@@ -597,6 +598,13 @@ impl Gallery {
         self.manifest.settings.thresholds = thresholds;
     }
 
+    /// Replaces the search graph's parameters (saved by [`Gallery::save`]; a stored graph built
+    /// with other construction parameters is rebuilt on first use).
+    pub fn set_search_params(&mut self, params: HnswParams) {
+        self.manifest.settings.hnsw = params;
+        self.reset_indexes();
+    }
+
     /// Whether the model has photo and caricature branches.
     pub fn is_multi_task(&self) -> bool {
         self.manifest.model.branches.len() > 1
@@ -729,14 +737,19 @@ impl Gallery {
             let entries: Vec<usize> = (0..self.manifest.entries.len())
                 .filter(|&i| self.manifest.entries[i].modality == modality)
                 .collect();
-            let vectors = entries
+            let vectors: Vec<f32> = entries
                 .iter()
-                .map(|&i| self.branch_vector(i, branch).to_vec())
+                .flat_map(|&i| self.branch_vector(i, branch).iter().copied())
                 .collect();
-            ModalityIndex {
-                index: Index::build(vectors, self.manifest.settings.hnsw),
-                entries,
-            }
+            let (dim, params) = (self.manifest.model.dim, self.manifest.settings.hnsw);
+            let index = match &self.backend {
+                Backend::Folder { dir, .. } => {
+                    let file = store::graph_file(dir, branch.name(), modality);
+                    Index::build_stored(vectors, dim, params, &file)
+                }
+                Backend::Postgres(_) => Index::build(vectors, dim, params),
+            };
+            ModalityIndex { index, entries }
         })
     }
 

@@ -311,6 +311,12 @@ pub fn save(dir: &Path, manifest: &mut Manifest, vectors: &[f32]) -> Result<(), 
     Ok(())
 }
 
+/// Where a folder gallery keeps the search graph of one branch's vectors of one modality
+/// (written on first use by whoever builds it; its header says which vectors it belongs to).
+pub fn graph_file(dir: &Path, branch: &str, modality: Modality) -> PathBuf {
+    dir.join(format!("graph-{branch}-{modality}.hnsw"))
+}
+
 /// Writes `bytes` to `path` atomically ([`crate::files::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
     crate::files::write_atomic(path, bytes).map_err(|e| GalleryError::io(path, e))
