@@ -92,3 +92,85 @@ fn malformed_pair_file_names_the_line() {
     assert!(message.contains("pairs.txt:2:"), "{message}");
     assert!(message.contains("expected 5 fields"), "{message}");
 }
+
+/// The first `each` photos and caricatures of the first `people` CaVI identities of the
+/// manifest, as manifest lines with absolute paths.
+fn small_manifest(data: &Path, people: usize, each: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(data.join("manifest.csv")).unwrap();
+    let mut names: Vec<String> = Vec::new();
+    let mut lines = Vec::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if !fields[0].starts_with("cavi/") || fields[1].is_empty() {
+            continue;
+        }
+        if !names.iter().any(|n| n == fields[1]) {
+            if names.len() == people {
+                continue;
+            }
+            names.push(fields[1].to_string());
+        }
+        let taken = lines
+            .iter()
+            .filter(|l: &&String| l.contains(&format!(",{},{},", fields[1], fields[2])))
+            .count();
+        if taken < each {
+            let path = data.join(fields[0]);
+            lines.push(format!("{},{},{},", path.display(), fields[1], fields[2]));
+        }
+    }
+    lines
+}
+
+#[test]
+fn embed_map_draws_the_same_people_through_both_models() {
+    let Some(data) = common::data_dir("embed_map_draws_the_same_people_through_both_models") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lines = small_manifest(&data, 3, 3);
+    assert_eq!(lines.len(), 18, "3 people × 3 photos and 3 caricatures");
+    let manifest = dir.path().join("manifest.csv");
+    let header = "path,identity,modality,source";
+    std::fs::write(&manifest, format!("{header}\n{}\n", lines.join("\n"))).unwrap();
+    let out = dir.path().join("map");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_carivis"))
+        .args([
+            "eval",
+            "embed-map",
+            "--people",
+            "2",
+            "--jobs",
+            "1",
+            "--manifest",
+        ])
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let png = std::fs::read(out.join("embed-map.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["command"], "embed-map");
+    assert_eq!(report["people"].as_array().unwrap().len(), 2);
+    let panels = report["panels"].as_array().unwrap();
+    assert_eq!(panels.len(), 2);
+    assert_eq!(panels[0]["model"], "dlib_resnet_v1.onnx");
+    assert_eq!(panels[1]["model"], "carivis_mtl.onnx");
+    for panel in panels {
+        assert_eq!(
+            panel["points"], 12,
+            "2 people × 6 images, each embedded: {panel}"
+        );
+    }
+}

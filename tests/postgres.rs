@@ -98,6 +98,12 @@ fn every_gallery_command_works_on_the_database() {
         .unwrap();
     assert!((held - 0.99).abs() < 1e-6, "{held}");
 
+    let searched = output(carivis().args(["gallery", "set-search", &url, "--ef-search", "300"]));
+    assert!(searched.contains("ef_search 300 (was 64)"), "{searched}");
+    let listed = output(carivis().args(["gallery", "list", "--json", &url]));
+    let value: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(value["settings"]["hnsw"]["ef_search"], 300);
+
     let refused = failure(carivis().args(["gallery", "create", &url]));
     assert!(refused.contains("already exists"), "{refused}");
 

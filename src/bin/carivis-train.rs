@@ -131,6 +131,11 @@ struct Cli {
     /// of each branch's best mix of dlib's and the trained weights on validation.
     #[arg(long)]
     no_interpolation: bool,
+    /// Let the validation people choose a trained photo branch (or mix) over dlib's descriptor
+    /// when it scores higher there; by default `emb_photo` is dlib's descriptor, which no
+    /// validation-chosen photo branch has beaten on held-out people (README).
+    #[arg(long)]
+    validated_photo_branch: bool,
     /// Weight of the centre loss.
     #[arg(long, default_value_t = 0.1)]
     centre_weight: f64,
@@ -301,6 +306,7 @@ fn config(cli: &Cli) -> TrainConfig {
             margin: cli.margin,
             dlib_anchor: cli.dlib_anchor,
             interpolate: !cli.no_interpolation,
+            validated_photo_branch: cli.validated_photo_branch,
             centre_weight: cli.centre_weight,
             centre_alpha: cli.centre_alpha,
             dropout: cli.dropout as f32,

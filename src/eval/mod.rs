@@ -5,6 +5,7 @@
 //! at a false accept rate that galleries import (`carivis gallery set-thresholds`).
 
 pub mod cache;
+pub mod embed_map;
 pub mod identify;
 pub mod metrics;
 pub mod plots;

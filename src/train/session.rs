@@ -409,8 +409,9 @@ struct Mixed {
 
 /// Chooses each exported branch's mix of dlib's and the trained weights on the validation
 /// images: the shared (and caricature) branch's by the selection figure over caricature–photo
-/// pairs, the photo branch's by photo–photo TAR then AUC, dlib's own (mix 0) always among the
-/// photo choices; the shared branch mixes only with `interpolate`.
+/// pairs; the photo branch is dlib's own (mix 0) unless `validated_photo_branch`, then chosen
+/// by photo–photo TAR then AUC with dlib's always among the choices; branches mix only with
+/// `interpolate`.
 fn mix_branches(
     config: &TrainConfig,
     prepared: &Prepared,
@@ -419,7 +420,11 @@ fn mix_branches(
 ) -> Result<Mixed, TrainError> {
     let interpolate = config.options.interpolate;
     let shared_mixes: &[f64] = if interpolate { &MIXES } else { &[1.0] };
-    let photo_mixes: &[f64] = if interpolate { &MIXES } else { &[0.0, 1.0] };
+    let photo_mixes: &[f64] = match (config.options.validated_photo_branch, interpolate) {
+        (false, _) => &[0.0],
+        (true, true) => &MIXES,
+        (true, false) => &[0.0, 1.0],
+    };
     let best_mix = |mixes: &[f64],
                     trained: &BranchWeights,
                     better: &dyn Fn(&Validation, &Validation) -> bool|
@@ -1638,6 +1643,7 @@ mod tests {
             margin: 0.1,
             dlib_anchor: 0.5,
             interpolate: true,
+            validated_photo_branch: true,
             centre_weight: 0.1,
             centre_alpha: 0.5,
             dropout: 0.2,
@@ -1864,6 +1870,29 @@ mod tests {
         assert!(
             shared_off < 1e-5,
             "shared = the trained weights ({shared_off})"
+        );
+    }
+
+    #[test]
+    fn the_photo_branch_is_dlibs_unless_a_validated_one_is_asked_for() {
+        let prepared = prepared();
+        let mut config = config(Path::new("/nonexistent"), Start::Fresh);
+        config.options.validated_photo_branch = false;
+        let validation = Validation {
+            accuracy: None,
+            cross_modal_auc: 0.5,
+            cross_modal_tar: 0.1,
+            pairs: 1,
+            photo_auc: 0.5,
+            photo_tar: 0.1,
+        };
+        let mut trained = prepared.pretrained.clone();
+        trained.b2.iter_mut().for_each(|b| *b += 0.01);
+        let mixed = mix_branches(&config, &prepared, vec![trained; 3], &validation).unwrap();
+        assert_eq!(mixed.photo_mix, 0.0);
+        assert!(
+            mixed.weights[1] == prepared.pretrained,
+            "photo = dlib's weights"
         );
     }
 

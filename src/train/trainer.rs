@@ -59,6 +59,12 @@ pub struct TrainOptions {
     /// WiSE-FT); without it the shared and caricature branches are the trained ones and the
     /// photo branch is the trained one or dlib's.
     pub interpolate: bool,
+    /// Whether the exported photo branch may be a trained one (or a mix) that beats dlib's
+    /// descriptor on the validation people; without it the photo branch is dlib's descriptor.
+    /// Off by default: in the unseen-people protocol no validation-chosen trained photo branch
+    /// beat dlib on the held-out people (README, "Model generalisation").
+    #[serde(default)]
+    pub validated_photo_branch: bool,
     /// Weight of the centre loss in each task loss.
     pub centre_weight: f64,
     /// α of the centre update.

@@ -16,6 +16,7 @@ use crate::args::{BranchArg, PairFormatArg, RecognizerArgs, asked_or_per_core};
 use crate::progress::show_job;
 use crate::search_args::{FallbackArg, SearchArgs};
 use carivis::eval::cache::default_cache_dir;
+use carivis::eval::embed_map::{EmbedMapInput, embed_map};
 use carivis::eval::identify::IdentifyOptions;
 use carivis::eval::protocol::{named_by_pairs, read_layout, read_manifest};
 use carivis::eval::{
@@ -34,6 +35,10 @@ pub enum EvalCommand {
     /// Caricature→photo and photo→caricature identification: rank-1/5/10 (CMC) on all images
     /// and over seeded random splits, open-set DIR at FAR 1%, pair thresholds per direction.
     Identify(IdentifyArgs),
+    /// A t-SNE map of a few people's photos and caricatures as the model embeds them (shared
+    /// branch) beside the same map by a baseline model (default: the dlib descriptor), as
+    /// OUT/embed-map.png; people the model never saw show whether it generalises.
+    EmbedMap(EmbedMapArgs),
 }
 
 #[derive(Args)]
@@ -79,9 +84,10 @@ pub struct VerifyArgs {
     common: CommonArgs,
 }
 
+/// Where the labelled images come from.
 #[derive(Args)]
 #[group(id = "labels", required = true, multiple = false, args = ["manifest", "layout"])]
-pub struct IdentifyArgs {
+pub struct LabelArgs {
     /// Manifest CSV `path,identity,modality,…` (paths relative to its folder).
     #[arg(long, value_name = "CSV")]
     manifest: Option<PathBuf>,
@@ -95,6 +101,24 @@ pub struct IdentifyArgs {
     /// trained model never saw (e.g. CaVI's testing_1.txt, which carivis-train excludes).
     #[arg(long, value_name = "FILE")]
     only_pairs: Vec<PathBuf>,
+}
+
+impl LabelArgs {
+    /// The manifest or folder, and its labelled images (those the pair files name, if any).
+    fn images(&self) -> Result<(PathBuf, Vec<LabelledImage>)> {
+        let (source, images) = match (&self.manifest, &self.layout) {
+            (Some(csv), _) => (csv.clone(), read_manifest(csv, self.only.as_deref())?),
+            (None, Some(dir)) => (dir.clone(), read_layout(dir)?),
+            (None, None) => anyhow::bail!("give --manifest CSV or --layout DIR"),
+        };
+        Ok((source, only_named_by(images, &self.only_pairs)?))
+    }
+}
+
+#[derive(Args)]
+pub struct IdentifyArgs {
+    #[command(flatten)]
+    labels: LabelArgs,
     /// Random probe/gallery splits.
     #[arg(long, default_value_t = 10)]
     splits: usize,
@@ -111,11 +135,29 @@ pub struct IdentifyArgs {
     common: CommonArgs,
 }
 
+#[derive(Args)]
+pub struct EmbedMapArgs {
+    #[command(flatten)]
+    labels: LabelArgs,
+    /// People drawn (among those with photos and caricatures).
+    #[arg(long, default_value_t = 10)]
+    people: usize,
+    /// Seed of the draw and of the layouts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Model of the first panel [default: MODELS/dlib_resnet_v1.onnx].
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 /// Runs an eval subcommand.
 pub fn run(command: EvalCommand) -> Result<ExitCode> {
     match command {
         EvalCommand::Verify(args) => run_verify(&args),
         EvalCommand::Identify(args) => run_identify(&args),
+        EvalCommand::EmbedMap(args) => run_embed_map(&args),
     }
 }
 
@@ -125,9 +167,25 @@ fn with_faces<T>(
     common: &CommonArgs,
     evaluate: impl FnOnce(Faces) -> Result<T, EvalError>,
 ) -> Result<T> {
+    with_faces_of(common, &[&common.recognizer], |mut faces| {
+        evaluate(faces.remove(0))
+    })
+}
+
+/// As [`with_faces`], with one set of workers per recogniser (one Ctrl-C flag, one bar).
+fn with_faces_of<T>(
+    common: &CommonArgs,
+    recognizers: &[&RecognizerArgs],
+    evaluate: impl FnOnce(Vec<Faces>) -> Result<T, EvalError>,
+) -> Result<T> {
     let jobs = asked_or_per_core(common.jobs);
-    let workers = (0..jobs)
-        .map(|_| common.recognizer.still_faces(search(common), true))
+    let workers = recognizers
+        .iter()
+        .map(|r| {
+            (0..jobs)
+                .map(|_| r.still_faces(search(common), true))
+                .collect::<Result<Vec<_>>>()
+        })
         .collect::<Result<Vec<_>>>()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -135,12 +193,17 @@ fn with_faces<T>(
         .context("cannot install the Ctrl-C handler")?;
     let bar = ProgressBar::new(0);
     let progress = |p: Progress| show_job(&bar, p, "embedding");
-    let result = evaluate(Faces {
-        workers,
-        cache_dir: common.cache.clone().unwrap_or_else(default_cache_dir),
-        progress: &progress,
-        stop: &stop,
-    });
+    let cache_dir = common.cache.clone().unwrap_or_else(default_cache_dir);
+    let faces = workers
+        .into_iter()
+        .map(|workers| Faces {
+            workers,
+            cache_dir: cache_dir.clone(),
+            progress: &progress,
+            stop: &stop,
+        })
+        .collect();
+    let result = evaluate(faces);
     bar.finish_and_clear();
     Ok(result?)
 }
@@ -285,12 +348,7 @@ fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
     let started = Instant::now();
     std::fs::create_dir_all(&args.common.out)
         .with_context(|| format!("cannot create {}", args.common.out.display()))?;
-    let (source, images) = match (&args.manifest, &args.layout) {
-        (Some(csv), _) => (csv.clone(), read_manifest(csv, args.only.as_deref())?),
-        (None, Some(dir)) => (dir.clone(), read_layout(dir)?),
-        (None, None) => anyhow::bail!("give --manifest CSV or --layout DIR"),
-    };
-    let images = only_named_by(images, &args.only_pairs)?;
+    let (source, images) = args.labels.images()?;
     let input = IdentifyInput {
         source,
         images,
@@ -357,6 +415,49 @@ fn run_identify(args: &IdentifyArgs) -> Result<ExitCode> {
         eprintln!("warning: {e}");
     }
     write_report(&args.common, &report, "identify", started)
+}
+
+fn run_embed_map(args: &EmbedMapArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let common = &args.common;
+    std::fs::create_dir_all(&common.out)
+        .with_context(|| format!("cannot create {}", common.out.display()))?;
+    let (_, images) = args.labels.images()?;
+    let mut baseline = common.recognizer.clone();
+    baseline.embedder = Some(args.baseline.clone().unwrap_or_else(|| {
+        common
+            .recognizer
+            .runtime
+            .models_dir()
+            .join(carivis::embed::DLIB_SPEC.file)
+    }));
+    let title = |r: &RecognizerArgs| {
+        let path = r.embedder_path();
+        let name = path.file_name().unwrap_or(path.as_os_str());
+        format!("{} (shared branch)", name.to_string_lossy())
+    };
+    let input = EmbedMapInput {
+        images,
+        people: args.people,
+        seed: args.seed,
+        out: common.out.join("embed-map.png"),
+    };
+    let recognizers = [&baseline, &common.recognizer];
+    let report = with_faces_of(common, &recognizers, |faces| {
+        let models = recognizers.iter().map(|r| title(r)).zip(faces).collect();
+        embed_map(&input, models)
+    })?;
+    for panel in &report.panels {
+        print_images(&panel.images, common.fallback.into());
+        println!("{}: {} images drawn", panel.title, panel.points);
+    }
+    println!(
+        "{} people: {}; map: {}",
+        report.people.len(),
+        report.people.join(", "),
+        report.out.display()
+    );
+    write_report(common, &report, "embed-map", started)
 }
 
 /// The images named by the pair files (all of them when none is given).

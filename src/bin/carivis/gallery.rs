@@ -1,4 +1,4 @@
-//! `carivis gallery ...`: create, add, remove, list, rebuild, set-thresholds, copy.
+//! `carivis gallery ...`: create, add, remove, list, rebuild, set-thresholds, set-search, copy.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +14,7 @@ use carivis::capture::{IMAGE_EXTENSIONS, images_in, load_image};
 use carivis::embed::DEFAULT_EMBEDDER;
 use carivis::eval::{apply_thresholds, read_thresholds};
 use carivis::files::file_sha256;
+use carivis::gallery::index::HnswParams;
 use carivis::gallery::store::Enrolment;
 use carivis::gallery::{Gallery, Location, NewEntry, check_name};
 use carivis::pipeline::answers::{self, AnswerError, EnrolmentFace, FaceChoice};
@@ -75,6 +76,20 @@ pub enum GalleryCommand {
         /// Evaluation report(s) (report.json).
         #[arg(long = "from", required = true, value_name = "REPORT.json")]
         from: Vec<PathBuf>,
+        #[command(flatten)]
+        writer: WriterArgs,
+    },
+    /// Set how many candidates a search of a large gallery's HNSW graph keeps (galleries of
+    /// 20,000 or more entries of a modality; smaller ones are searched exactly): more finds
+    /// the exact nearest entries more often and costs time per query (README, "Many
+    /// machines", has recall and times up to a million entries).
+    SetSearch {
+        /// The gallery: a folder, or postgres://USER@HOST/DB?gallery=NAME.
+        #[arg(value_name = "DIR|URL")]
+        gallery: GalleryArg,
+        /// Candidates kept per search (hnsw ef_search).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        ef_search: u32,
         #[command(flatten)]
         writer: WriterArgs,
     },
@@ -168,6 +183,11 @@ pub fn run(command: GalleryCommand) -> Result<ExitCode> {
             from,
             writer,
         } => set_thresholds(&gallery.location()?, &from, &writer),
+        GalleryCommand::SetSearch {
+            gallery,
+            ef_search,
+            writer,
+        } => set_search(&gallery.location()?, ef_search as usize, &writer),
         GalleryCommand::Copy { src, dst } => copy(&src.location()?, &dst.location()?),
     }
 }
@@ -438,6 +458,21 @@ fn set_thresholds(
     gallery.set_thresholds(thresholds);
     gallery.save()?;
     println!("thresholds of {location}: {thresholds:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_search(location: &Location, ef_search: usize, writer: &WriterArgs) -> Result<ExitCode> {
+    let mut gallery = Gallery::open_for_update(location, writer.lock_timeout())?;
+    let params = gallery.settings().hnsw;
+    gallery.set_search_params(HnswParams {
+        ef_search,
+        ..params
+    });
+    gallery.save()?;
+    println!(
+        "search of {location}: ef_search {ef_search} (was {}), M {}, ef_construction {}",
+        params.ef_search, params.max_connections, params.ef_construction
+    );
     Ok(ExitCode::SUCCESS)
 }
 
