@@ -34,9 +34,10 @@ impl Default for HnswParams {
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Sets of fewer vectors than this are searched exactly, without a graph: measured with
-/// `cargo bench --bench gallery_scale` on this project's 2-core VM (128-d vectors, k = 10),
-/// exact search was faster than an HNSW query below this size; see README, "Many machines".
-pub const EXACT_SEARCH_BELOW: usize = 20_000;
+/// `cargo bench --bench gallery_scale` on this project's 2-core VM (128-d vectors, k = 10,
+/// `ef_search` 64), exact search was faster than a graph search at 1,000 vectors and level with
+/// it at 2,000 (0.032 against 0.035 ms p50), slower from 5,000; see README, "Many machines".
+pub const EXACT_SEARCH_BELOW: usize = 2_000;
 
 /// One neighbour: the row it was built from and its cosine similarity to the query.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -80,7 +80,7 @@ pub enum GalleryCommand {
         writer: WriterArgs,
     },
     /// Set how many candidates a search of a large gallery's HNSW graph keeps (galleries of
-    /// 20,000 or more entries of a modality; smaller ones are searched exactly): more finds
+    /// 2,000 or more entries of a modality; smaller ones are searched exactly): more finds
     /// the exact nearest entries more often and costs time per query (README, "Many
     /// machines", has recall and times up to a million entries).
     SetSearch {
