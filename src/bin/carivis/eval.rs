@@ -84,16 +84,23 @@ pub struct VerifyArgs {
     common: CommonArgs,
 }
 
-/// Where the labelled images come from.
+/// The labels' file or folder: exactly one of the two.
 #[derive(Args)]
-#[group(id = "labels", required = true, multiple = false, args = ["manifest", "layout"])]
-pub struct LabelArgs {
+#[group(id = "labels", required = true, multiple = false)]
+pub struct LabelSource {
     /// Manifest CSV `path,identity,modality,…` (paths relative to its folder).
     #[arg(long, value_name = "CSV")]
     manifest: Option<PathBuf>,
     /// Folder laid out as `Real/<identity>/*` and `Caricature/<identity>/*`.
     #[arg(long, value_name = "DIR")]
     layout: Option<PathBuf>,
+}
+
+/// Where the labelled images come from, and which of them to use.
+#[derive(Args)]
+pub struct LabelArgs {
+    #[command(flatten)]
+    source: LabelSource,
     /// With --manifest: only rows whose path starts with PREFIX (e.g. `cavi/`).
     #[arg(long, value_name = "PREFIX")]
     only: Option<String>,
@@ -106,7 +113,7 @@ pub struct LabelArgs {
 impl LabelArgs {
     /// The manifest or folder, and its labelled images (those the pair files name, if any).
     fn images(&self) -> Result<(PathBuf, Vec<LabelledImage>)> {
-        let (source, images) = match (&self.manifest, &self.layout) {
+        let (source, images) = match (&self.source.manifest, &self.source.layout) {
             (Some(csv), _) => (csv.clone(), read_manifest(csv, self.only.as_deref())?),
             (None, Some(dir)) => (dir.clone(), read_layout(dir)?),
             (None, None) => anyhow::bail!("give --manifest CSV or --layout DIR"),
@@ -478,4 +485,49 @@ fn only_named_by(images: Vec<LabelledImage>, pair_files: &[PathBuf]) -> Result<V
         .filter(|(i, _)| named.contains(i))
         .map(|(_, image)| image)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The eval commands as clap parses them.
+    #[derive(Parser)]
+    struct Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    }
+
+    fn parses(args: &[&str]) -> bool {
+        Eval::try_parse_from(std::iter::once("eval").chain(args.iter().copied())).is_ok()
+    }
+
+    #[test]
+    fn labels_come_from_one_source_with_any_filters() {
+        let filtered = [
+            "--manifest",
+            "m.csv",
+            "--only",
+            "cavi/",
+            "--only-pairs",
+            "t.txt",
+        ];
+        for command in ["identify", "embed-map"] {
+            let args: Vec<&str> = std::iter::once(command).chain(filtered).collect();
+            assert!(parses(&args), "{args:?}");
+            assert!(parses(&[command, "--layout", "dir"]));
+            assert!(!parses(&[
+                command,
+                "--manifest",
+                "m.csv",
+                "--layout",
+                "dir"
+            ]));
+            assert!(
+                !parses(&[command, "--only", "cavi/"]),
+                "a source is required"
+            );
+        }
+    }
 }
