@@ -6,9 +6,11 @@ mod common;
 
 use std::path::Path;
 
-use carivis::eval::protocol::{PairFormat, read_pairs};
+use carivis::eval::protocol::{PairFormat, read_manifest, read_pairs};
 use carivis::eval::{EvalError, Faces, read_thresholds, verify};
 use carivis::jobs::Progress;
+use carivis::types::Modality;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
 /// Same-person pairs taken from the top of testing_1.txt, different-person ones from the end.
@@ -96,27 +98,22 @@ fn malformed_pair_file_names_the_line() {
 /// The first `each` photos and caricatures of the first `people` CaVI identities of the
 /// manifest, as manifest lines with absolute paths.
 fn small_manifest(data: &Path, people: usize, each: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(data.join("manifest.csv")).unwrap();
-    let mut names: Vec<String> = Vec::new();
+    let images = read_manifest(&data.join("manifest.csv"), Some("cavi/")).unwrap();
+    let mut names: Vec<&str> = Vec::new();
+    let mut taken: HashMap<(&str, Modality), usize> = HashMap::new();
     let mut lines = Vec::new();
-    for line in text.lines().skip(1) {
-        let fields: Vec<&str> = line.split(',').collect();
-        if !fields[0].starts_with("cavi/") || fields[1].is_empty() {
-            continue;
-        }
-        if !names.iter().any(|n| n == fields[1]) {
+    for image in &images {
+        if !names.contains(&image.identity.as_str()) {
             if names.len() == people {
                 continue;
             }
-            names.push(fields[1].to_string());
+            names.push(&image.identity);
         }
-        let taken = lines
-            .iter()
-            .filter(|l: &&String| l.contains(&format!(",{},{},", fields[1], fields[2])))
-            .count();
-        if taken < each {
-            let path = data.join(fields[0]);
-            lines.push(format!("{},{},{},", path.display(), fields[1], fields[2]));
+        let count = taken.entry((&image.identity, image.modality)).or_default();
+        if *count < each {
+            *count += 1;
+            let (path, who) = (image.path.display(), &image.identity);
+            lines.push(format!("{path},{who},{},", image.modality));
         }
     }
     lines

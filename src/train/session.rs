@@ -411,12 +411,13 @@ struct Mixed {
 /// images: the shared (and caricature) branch's by the selection figure over caricature–photo
 /// pairs; the photo branch is dlib's own (mix 0) unless `validated_photo_branch`, then chosen
 /// by photo–photo TAR then AUC with dlib's always among the choices; branches mix only with
-/// `interpolate`.
+/// `interpolate`. `dlib` is dlib's own validation (mix 0), measured once per run.
 fn mix_branches(
     config: &TrainConfig,
     prepared: &Prepared,
     trained: Vec<BranchWeights>,
     trained_validation: &Validation,
+    dlib: &Validation,
 ) -> Result<Mixed, TrainError> {
     let interpolate = config.options.interpolate;
     let shared_mixes: &[f64] = if interpolate { &MIXES } else { &[1.0] };
@@ -431,8 +432,11 @@ fn mix_branches(
      -> Result<(f64, Validation), TrainError> {
         let mut best: Option<(f64, Validation)> = None;
         for &m in mixes {
-            let v =
-                branch_validation(&mix(&prepared.pretrained, trained, m), &prepared.validation)?;
+            let v = if m == 0.0 {
+                dlib.clone()
+            } else {
+                branch_validation(&mix(&prepared.pretrained, trained, m), &prepared.validation)?
+            };
             if best.as_ref().is_none_or(|(_, b)| better(&v, b)) {
                 best = Some((m, v));
             }
@@ -1247,7 +1251,13 @@ fn train(
             unseen: holdout.as_ref(),
             mean_weight,
         });
-        let mixed = mix_branches(config, prepared, trainer.branch_weights()?, &validation)?;
+        let mixed = mix_branches(
+            config,
+            prepared,
+            trainer.branch_weights()?,
+            &validation,
+            &dlib,
+        )?;
         let improved = best.as_ref().is_none_or(|b| {
             config.select.score(&mixed.validation) > config.select.score(&b.validation)
         });
@@ -1829,26 +1839,38 @@ mod tests {
         assert_eq!(half.wfc, prepared.pretrained.wfc);
     }
 
-    #[test]
-    fn the_photo_branch_falls_back_to_dlib_when_training_cannot_beat_it() {
-        let prepared = prepared();
-        let mut config = config(Path::new("/nonexistent"), Start::Fresh);
-        config.options.interpolate = false;
-        let validation = Validation {
+    /// Figures of a model no better than chance, as the trained ones handed to mix_branches.
+    fn chance_validation() -> Validation {
+        Validation {
             accuracy: None,
             cross_modal_auc: 0.5,
             cross_modal_tar: 0.1,
             pairs: 1,
             photo_auc: 0.5,
             photo_tar: 0.1,
-        };
+        }
+    }
+
+    #[test]
+    fn the_photo_branch_falls_back_to_dlib_when_training_cannot_beat_it() {
+        let prepared = prepared();
+        let mut config = config(Path::new("/nonexistent"), Start::Fresh);
+        config.options.interpolate = false;
+        let validation = chance_validation();
+        let dlib = dlib_validation(&prepared).unwrap();
         let scrambled = {
             let mut w = prepared.pretrained.clone();
             w.wfc.fill(1.0);
             w
         };
-        let mixed =
-            mix_branches(&config, &prepared, vec![scrambled.clone(); 3], &validation).unwrap();
+        let mixed = mix_branches(
+            &config,
+            &prepared,
+            vec![scrambled.clone(); 3],
+            &validation,
+            &dlib,
+        )
+        .unwrap();
         assert_eq!(
             mixed.shared_mix, 1.0,
             "without interpolation the shared branch is trained"
@@ -1878,17 +1900,11 @@ mod tests {
         let prepared = prepared();
         let mut config = config(Path::new("/nonexistent"), Start::Fresh);
         config.options.validated_photo_branch = false;
-        let validation = Validation {
-            accuracy: None,
-            cross_modal_auc: 0.5,
-            cross_modal_tar: 0.1,
-            pairs: 1,
-            photo_auc: 0.5,
-            photo_tar: 0.1,
-        };
+        let validation = chance_validation();
+        let dlib = dlib_validation(&prepared).unwrap();
         let mut trained = prepared.pretrained.clone();
         trained.b2.iter_mut().for_each(|b| *b += 0.01);
-        let mixed = mix_branches(&config, &prepared, vec![trained; 3], &validation).unwrap();
+        let mixed = mix_branches(&config, &prepared, vec![trained; 3], &validation, &dlib).unwrap();
         assert_eq!(mixed.photo_mix, 0.0);
         assert!(
             mixed.weights[1] == prepared.pretrained,
