@@ -231,6 +231,8 @@ impl Index {
             hits.select_nth_unstable_by(k - 1, by_similarity);
         }
         hits.truncate(k);
+        // Without this the answer would keep room for every row (16 MB at 10^6).
+        hits.shrink_to_fit();
         hits.sort_by(by_similarity);
         hits
     }
@@ -266,6 +268,20 @@ mod tests {
         assert!(index.search(&[1.0, 0.0], 3).is_empty());
         let graph = Index::build_graph(Vec::new(), 2, HnswParams::default());
         assert!(graph.search(&[1.0, 0.0], 3).is_empty());
+    }
+
+    #[test]
+    fn an_exact_answer_holds_its_k_hits_and_no_room_for_the_rest() {
+        let index = Index::exact(circle(10_000), 2, CHEAP);
+        let hits = index.exact_search(&[1.0, 0.0], 3);
+        let mut rows: Vec<usize> = hits.iter().map(|h| h.row).collect();
+        rows.sort_unstable();
+        assert_eq!(
+            rows,
+            [0, 1, 9_999],
+            "the query's point and its two neighbours"
+        );
+        assert!(hits.capacity() < 10, "room for {} hits", hits.capacity());
     }
 
     #[test]
