@@ -661,7 +661,7 @@ fn build_graph_unless_kept(
         return None;
     }
     let started = Instant::now();
-    let built = Index::build_graph(vectors.to_vec(), dim, config.hnsw);
+    let built = Index::build_graph(vectors.to_vec(), dim, config.hnsw, &|_| {});
     let build_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     built.save_graph(file).expect("graph written");

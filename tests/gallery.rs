@@ -16,7 +16,8 @@ use carivis::gallery::{Gallery, GalleryError, NewEntry};
 use carivis::pipeline::still::{FaceSearch, StillFaces};
 use carivis::types::Modality;
 use common::{
-    CHIP_BORDER, add_chip, astronaut_chip, data_dir, models_dir, still_faces, still_faces_with,
+    CHIP_BORDER, add_chip, astronaut_chip, data_dir, models_dir, repo_file, still_faces,
+    still_faces_with,
 };
 
 /// Border for the Big Bang Theory crops: 150×150 images the face fills.
@@ -235,6 +236,39 @@ fn created_gallery(dir: &Path) -> PathBuf {
     let gallery = dir.join("g");
     run_ok(carivis().args(["gallery", "create"]).arg(&gallery));
     gallery
+}
+
+#[test]
+fn gallery_index_describes_every_index_and_names_a_missing_gallery() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("demo");
+    run_ok(
+        carivis()
+            .args(["gallery", "copy"])
+            .arg(repo_file("galleries/demo"))
+            .arg(&copy),
+    );
+    let out = run_ok(carivis().args(["gallery", "index"]).arg(&copy));
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(lines.len(), 6, "3 branches × 2 modalities:\n{out}");
+    for branch in ["shared", "photo", "caricature"] {
+        for modality in ["photo", "caricature"] {
+            let line = lines
+                .iter()
+                .find(|l| l.split_whitespace().take(2).eq([branch, modality]))
+                .unwrap_or_else(|| panic!("{branch}/{modality} in\n{out}"));
+            assert!(line.contains("exact search, no graph"), "{line}");
+        }
+    }
+    let missing = dir.path().join("nowhere");
+    let out = carivis()
+        .args(["gallery", "index"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&*missing.to_string_lossy()), "{stderr}");
 }
 
 #[test]

@@ -104,6 +104,9 @@ fn every_gallery_command_works_on_the_database() {
     let value: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(value["settings"]["hnsw"]["ef_search"], 300);
 
+    let indexed = output(carivis().args(["gallery", "index", &url]));
+    assert!(indexed.contains("exact search, no graph"), "{indexed}");
+
     let refused = failure(carivis().args(["gallery", "create", &url]));
     assert!(refused.contains("already exists"), "{refused}");
 

@@ -30,6 +30,10 @@ const MAX_LAYERS: usize = 16;
 /// reverse edges of [`add_reverse_edges`]).
 const MAGIC: &[u8; 16] = b"carivis-hnsw\0\0\0\x02";
 
+/// How many times a build reports progress (hnsw_rs inserts each slice on all cores, so a
+/// slice boundary only waits for the slice's slowest insertion).
+pub const PROGRESS_STEPS: usize = 100;
+
 /// Layer 0 lists may grow to this many times `max_connections` with reverse edges (`hnsw_rs`
 /// itself keeps at most twice `max_connections` there).
 const MAX_DEGREE_PER_CONNECTION: usize = 3;
@@ -185,12 +189,14 @@ pub struct Graph {
 
 impl Graph {
     /// Builds the graph of `vectors` (rows of `dim` values) with `hnsw_rs`, inserting on all
-    /// cores (rayon's pool), and copies it out.
+    /// cores (rayon's pool) in [`PROGRESS_STEPS`] slices, after each of which `progress` is
+    /// told how many rows are in, and copies it out.
     pub fn build(
         vectors: &[f32],
         dim: usize,
         max_connections: usize,
         ef_construction: usize,
+        progress: &dyn Fn(usize),
     ) -> Self {
         let rows = vectors.len() / dim.max(1);
         if rows == 0 {
@@ -204,7 +210,12 @@ impl Graph {
             UnitDotDistance,
         );
         let data: Vec<(&[f32], usize)> = vectors.chunks_exact(dim.max(1)).zip(0..).collect();
-        hnsw.parallel_insert_slice(&data);
+        let mut inserted = 0;
+        for slice in data.chunks(rows.div_ceil(PROGRESS_STEPS)) {
+            hnsw.parallel_insert_slice(&slice.to_vec());
+            inserted += slice.len();
+            progress(inserted);
+        }
         Self::copy_of(&hnsw, rows, max_connections)
     }
 
@@ -527,7 +538,7 @@ mod tests {
     fn search_finds_what_exact_search_finds_and_every_row_finds_itself() {
         let dim = 24;
         let vectors = random_unit_rows(3000, dim, 11);
-        let graph = Graph::build(&vectors, dim, 16, 100);
+        let graph = Graph::build(&vectors, dim, 16, 100, &|_| {});
         assert!(
             graph.layers.len() > 1,
             "a graph of 3000 nodes has upper layers"
@@ -570,7 +581,7 @@ mod tests {
     #[test]
     fn every_node_of_a_built_graph_is_named_by_some_bottom_list() {
         let dim = 16;
-        let graph = Graph::build(&random_unit_rows(3000, dim, 7), dim, 8, 60);
+        let graph = Graph::build(&random_unit_rows(3000, dim, 7), dim, 8, 60, &|_| {});
         let mut named = vec![false; 3000];
         graph.layers[0]
             .targets
@@ -583,7 +594,7 @@ mod tests {
     fn a_graph_survives_encoding_and_a_stale_or_damaged_file_is_refused() {
         let dim = 8;
         let vectors = random_unit_rows(500, dim, 5);
-        let graph = Graph::build(&vectors, dim, 8, 40);
+        let graph = Graph::build(&vectors, dim, 8, 40, &|_| {});
         let bytes = graph.encode(42);
         assert_eq!(Graph::decode(&bytes, 42, 500).as_ref(), Some(&graph));
         assert!(
@@ -606,8 +617,21 @@ mod tests {
     }
 
     #[test]
+    fn a_build_reports_its_progress_up_to_every_row() {
+        let dim = 8;
+        let reports = RefCell::new(Vec::new());
+        Graph::build(&random_unit_rows(950, dim, 3), dim, 8, 40, &|n| {
+            reports.borrow_mut().push(n)
+        });
+        let reports = reports.into_inner();
+        assert_eq!(reports.len(), 95, "one report per slice of 10 rows");
+        assert_eq!(reports.last(), Some(&950));
+        assert!(reports.windows(2).all(|w| w[0] < w[1]), "{reports:?}");
+    }
+
+    #[test]
     fn an_empty_graph_finds_nothing() {
-        let graph = Graph::build(&[], 4, 16, 100);
+        let graph = Graph::build(&[], 4, 16, 100, &|_| {});
         assert!(
             graph
                 .search(&[], 4, &[1.0, 0.0, 0.0, 0.0], 3, 10)

@@ -59,23 +59,31 @@ pub struct Index {
 
 impl Index {
     /// Builds the index over `vectors` (rows of `dim` values, unit norm): with a graph when
-    /// [`Index::uses_graph`] says so for their number.
-    pub fn build(vectors: Vec<f32>, dim: usize, params: HnswParams) -> Self {
+    /// [`Index::uses_graph`] says so for their number (telling `progress` how many vectors are
+    /// in).
+    pub fn build(
+        vectors: Vec<f32>,
+        dim: usize,
+        params: HnswParams,
+        progress: &dyn Fn(usize),
+    ) -> Self {
         if Self::uses_graph(rows(&vectors, dim)) {
-            Self::build_graph(vectors, dim, params)
+            Self::build_graph(vectors, dim, params, progress)
         } else {
             Self::exact(vectors, dim, params)
         }
     }
 
     /// As [`Index::build`], keeping the graph in `graph_file`: read from it when it holds the
-    /// graph of these vectors with these construction parameters, otherwise built and written
-    /// there (a file that cannot be written is logged and the index used all the same).
+    /// graph of these vectors with these construction parameters, otherwise built (telling
+    /// `progress` how many vectors are in) and written there (a file that cannot be written is
+    /// logged and the index used all the same).
     pub fn build_stored(
         vectors: Vec<f32>,
         dim: usize,
         params: HnswParams,
         graph_file: &Path,
+        progress: &dyn Fn(usize),
     ) -> Self {
         if !Self::uses_graph(rows(&vectors, dim)) {
             return Self::exact(vectors, dim, params);
@@ -84,7 +92,12 @@ impl Index {
             Ok(index) => return index,
             Err(vectors) => vectors,
         };
-        let index = Self::build_graph(vectors, dim, params);
+        tracing::info!(
+            "building the search graph of {} vectors for {} (later runs read it from there)",
+            rows(&vectors, dim),
+            graph_file.display()
+        );
+        let index = Self::build_graph(vectors, dim, params, progress);
         if let Err(e) = index.save_graph(graph_file) {
             tracing::warn!(
                 "could not keep the search graph in {}: {e}; it will be built again next time",
@@ -110,13 +123,19 @@ impl Index {
     }
 
     /// Builds the index with an HNSW graph whatever the number of vectors, inserting on all
-    /// cores (rayon's pool).
-    pub fn build_graph(vectors: Vec<f32>, dim: usize, params: HnswParams) -> Self {
+    /// cores (rayon's pool) and telling `progress` how many vectors are in.
+    pub fn build_graph(
+        vectors: Vec<f32>,
+        dim: usize,
+        params: HnswParams,
+        progress: &dyn Fn(usize),
+    ) -> Self {
         let graph = Graph::build(
             &vectors,
             dim,
             params.max_connections,
             params.ef_construction,
+            progress,
         );
         Self {
             graph: Some(graph),
@@ -264,9 +283,9 @@ mod tests {
 
     #[test]
     fn an_empty_index_returns_nothing() {
-        let index = Index::build(Vec::new(), 2, HnswParams::default());
+        let index = Index::build(Vec::new(), 2, HnswParams::default(), &|_| {});
         assert!(index.search(&[1.0, 0.0], 3).is_empty());
-        let graph = Index::build_graph(Vec::new(), 2, HnswParams::default());
+        let graph = Index::build_graph(Vec::new(), 2, HnswParams::default(), &|_| {});
         assert!(graph.search(&[1.0, 0.0], 3).is_empty());
     }
 
@@ -286,11 +305,11 @@ mod tests {
 
     #[test]
     fn small_sets_are_searched_exactly_and_large_ones_through_a_graph() {
-        let small = Index::build(circle(EXACT_SEARCH_BELOW - 1), 2, CHEAP);
+        let small = Index::build(circle(EXACT_SEARCH_BELOW - 1), 2, CHEAP, &|_| {});
         assert!(!small.has_graph());
         let query = [1.0, 0.001];
         assert_eq!(small.search(&query, 3), small.exact_search(&query, 3));
-        let large = Index::build(circle(EXACT_SEARCH_BELOW), 2, CHEAP);
+        let large = Index::build(circle(EXACT_SEARCH_BELOW), 2, CHEAP, &|_| {});
         assert!(large.has_graph());
         let found = large.search(&query, 1)[0].similarity;
         assert!(found > 0.9999, "{found}");
@@ -301,8 +320,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("graph.hnsw");
         let vectors = circle(EXACT_SEARCH_BELOW);
-        let built = Index::build_stored(vectors.clone(), 2, CHEAP, &file);
+        let inserted = std::cell::Cell::new(0);
+        let built = Index::build_stored(vectors.clone(), 2, CHEAP, &file, &|n| inserted.set(n));
+        assert_eq!(
+            inserted.get(),
+            EXACT_SEARCH_BELOW,
+            "the build reported every vector"
+        );
         let written = std::fs::read(&file).expect("graph written");
+        inserted.set(0);
+        Index::build_stored(vectors.clone(), 2, CHEAP, &file, &|n| inserted.set(n));
+        assert_eq!(inserted.get(), 0, "a graph read from its file is not built");
         let read = Index::load_graph(vectors.clone(), 2, CHEAP, &file)
             .unwrap_or_else(|_| panic!("graph read back"));
         assert_eq!(read.graph, built.graph);
@@ -316,7 +344,7 @@ mod tests {
         let mut moved = vectors;
         moved.swap(0, 2);
         assert!(Index::load_graph(moved.clone(), 2, CHEAP, &file).is_err());
-        let rebuilt = Index::build_stored(moved, 2, CHEAP, &file);
+        let rebuilt = Index::build_stored(moved, 2, CHEAP, &file, &|_| {});
         assert!(rebuilt.has_graph());
         assert_ne!(
             std::fs::read(&file).unwrap(),

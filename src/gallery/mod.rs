@@ -361,6 +361,46 @@ pub struct Identification {
     pub candidates: Vec<Candidate>,
 }
 
+/// Where the build of one index stands, for a progress bar.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IndexProgress {
+    /// The branch whose embeddings are indexed.
+    pub branch: Branch,
+    /// The entries' modality.
+    pub modality: Modality,
+    /// Vectors in the graph so far.
+    pub inserted: usize,
+    /// Vectors the index holds when done.
+    pub vectors: usize,
+}
+
+/// One index of an open gallery once built.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IndexSummary {
+    /// The branch whose embeddings are indexed.
+    pub branch: Branch,
+    /// The entries' modality.
+    pub modality: Modality,
+    /// Vectors indexed.
+    pub vectors: usize,
+    /// How it searches, and where its graph came from.
+    pub origin: IndexOrigin,
+    /// Seconds it took to have it (to build, or to read a stored graph).
+    pub seconds: f64,
+}
+
+/// How an index searches, and where its graph came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexOrigin {
+    /// No graph: fewer than [`index::EXACT_SEARCH_BELOW`] vectors, searched exactly.
+    Exact,
+    /// A graph built now (a folder gallery also keeps it in its folder).
+    GraphBuilt,
+    /// A graph built earlier, read from the folder gallery's graph file (or an index this
+    /// copy of the gallery had already built).
+    GraphKept,
+}
+
 /// An index over the entries of one modality in one branch, and which entries its rows are.
 struct ModalityIndex {
     index: Index,
@@ -733,6 +773,15 @@ impl Gallery {
     }
 
     fn modality_index(&self, branch: Branch, modality: Modality) -> &ModalityIndex {
+        self.modality_index_reporting(branch, modality, &|_| {})
+    }
+
+    fn modality_index_reporting(
+        &self,
+        branch: Branch,
+        modality: Modality,
+        progress: &dyn Fn(usize),
+    ) -> &ModalityIndex {
         self.indexes[&(branch, modality)].get_or_init(|| {
             let entries: Vec<usize> = (0..self.manifest.entries.len())
                 .filter(|&i| self.manifest.entries[i].modality == modality)
@@ -745,9 +794,9 @@ impl Gallery {
             let index = match &self.backend {
                 Backend::Folder { dir, .. } => {
                     let file = store::graph_file(dir, branch.name(), modality);
-                    Index::build_stored(vectors, dim, params, &file)
+                    Index::build_stored(vectors, dim, params, &file, progress)
                 }
-                Backend::Postgres(_) => Index::build(vectors, dim, params),
+                Backend::Postgres(_) => Index::build(vectors, dim, params, progress),
             };
             ModalityIndex { index, entries }
         })
@@ -755,9 +804,52 @@ impl Gallery {
 
     /// Builds every index now (otherwise each is built on first use).
     pub fn build_indexes(&self) {
-        for &(branch, modality) in self.indexes.keys() {
-            self.modality_index(branch, modality);
-        }
+        self.build_indexes_reporting(|_| {});
+    }
+
+    /// Builds every index now, in a fixed order, telling `progress` while a graph is being
+    /// built (a folder gallery's graph read from its file and an exact index report nothing),
+    /// and describes each.
+    pub fn build_indexes_reporting(&self, progress: impl Fn(IndexProgress)) -> Vec<IndexSummary> {
+        let mut keys: Vec<(Branch, Modality)> = self.indexes.keys().copied().collect();
+        let order = |branch| Branch::ALL.iter().position(|&b| b == branch);
+        keys.sort_by_key(|&(branch, modality)| (order(branch), modality));
+        keys.into_iter()
+            .map(|(branch, modality)| {
+                let started = std::time::Instant::now();
+                let entries = self
+                    .manifest
+                    .entries
+                    .iter()
+                    .filter(|e| e.modality == modality);
+                let vectors = entries.count();
+                let built = std::cell::Cell::new(false);
+                let report = |inserted| {
+                    built.set(true);
+                    progress(IndexProgress {
+                        branch,
+                        modality,
+                        inserted,
+                        vectors,
+                    })
+                };
+                let index = &self
+                    .modality_index_reporting(branch, modality, &report)
+                    .index;
+                let origin = match (index.has_graph(), built.get()) {
+                    (false, _) => IndexOrigin::Exact,
+                    (true, true) => IndexOrigin::GraphBuilt,
+                    (true, false) => IndexOrigin::GraphKept,
+                };
+                IndexSummary {
+                    branch,
+                    modality,
+                    vectors,
+                    origin,
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+            })
+            .collect()
     }
 
     /// The nearest entries of `modality` to a probe, by approximate (HNSW) or exact search.
@@ -904,6 +996,56 @@ mod tests {
             landmarks: None,
             enrolment: store::Enrolment::FivePoint,
         }
+    }
+
+    #[test]
+    fn a_large_folder_gallerys_graph_is_built_with_progress_then_read_from_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g");
+        let mut gallery = Gallery::create(&path, model()).unwrap();
+        let photos = index::EXACT_SEARCH_BELOW;
+        for i in 0..photos {
+            let angle = i as f32 * 0.01;
+            let photo = embedding([angle.cos(), angle.sin(), (i % 7) as f32 * 0.1]);
+            gallery
+                .add(entry(&format!("p{i}"), Modality::Photo), &photo)
+                .unwrap();
+        }
+        gallery
+            .add(
+                entry("c", Modality::Caricature),
+                &embedding([0.0, 0.0, 1.0]),
+            )
+            .unwrap();
+        gallery.save().unwrap();
+        drop(gallery);
+
+        let reports = std::cell::RefCell::new(Vec::new());
+        let gallery = Gallery::open(&path, &model()).unwrap();
+        let first = gallery.build_indexes_reporting(|p| reports.borrow_mut().push(p));
+        let origins: Vec<(Modality, usize, IndexOrigin)> = first
+            .iter()
+            .map(|s| (s.modality, s.vectors, s.origin))
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                (Modality::Photo, photos, IndexOrigin::GraphBuilt),
+                (Modality::Caricature, 1, IndexOrigin::Exact)
+            ]
+        );
+        let reports = reports.into_inner();
+        assert!(
+            reports
+                .iter()
+                .all(|p| p.modality == Modality::Photo && p.vectors == photos)
+        );
+        assert_eq!(reports.last().map(|p| p.inserted), Some(photos));
+        assert!(store::graph_file(&path, "shared", Modality::Photo).exists());
+
+        let again = Gallery::open(&path, &model()).unwrap();
+        let second = again.build_indexes_reporting(|p| panic!("nothing to build: {p:?}"));
+        assert_eq!(second[0].origin, IndexOrigin::GraphKept);
     }
 
     #[test]
