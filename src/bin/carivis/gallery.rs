@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::args::{GalleryArg, ModalityArg, RecognizerArgs, RuntimeArgs, open_embedder};
 use crate::progress::restyle;
@@ -252,10 +252,9 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 fn progress(len: usize) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+    restyle(
+        &bar,
+        "{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}",
     );
     bar
 }
