@@ -361,6 +361,28 @@ pub struct Identification {
     pub candidates: Vec<Candidate>,
 }
 
+/// A thread pool (one thread per core) whose threads run at the lowest scheduling priority.
+fn background_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("carivis-index-{i}"))
+        .start_handler(|_| lower_this_threads_priority())
+        .build()
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19; on Linux `setpriority` with
+/// `who` 0 applies to the calling thread only).
+#[cfg(unix)]
+fn lower_this_threads_priority() {
+    // SAFETY: setpriority only reads its integer arguments; a failure leaves the priority as
+    // it was, which is harmless.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
+}
+
+#[cfg(not(unix))]
+fn lower_this_threads_priority() {}
+
 /// Where the build of one index stands, for a progress bar.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct IndexProgress {
@@ -805,6 +827,26 @@ impl Gallery {
     /// Builds every index now (otherwise each is built on first use).
     pub fn build_indexes(&self) {
         self.build_indexes_reporting(|_| {});
+    }
+
+    /// Builds every index on a thread of its own, which nothing joins, and sends the gallery
+    /// back when done: a caller can stop waiting (a run that ends) without waiting for the
+    /// build. Graph insertions run on a pool of lowest-priority threads, so that the build takes
+    /// only the CPU time that a running pipeline leaves (a 10^5-entry rebuild beside a live
+    /// stream dropped 10% of its frames at normal priority).
+    pub fn build_indexes_in_background(self) -> crossbeam_channel::Receiver<Gallery> {
+        let (done, built) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            match background_pool() {
+                Ok(pool) => pool.install(|| self.build_indexes()),
+                Err(e) => {
+                    tracing::warn!("no background thread pool ({e}); building at normal priority");
+                    self.build_indexes();
+                }
+            }
+            let _ = done.send(self);
+        });
+        built
     }
 
     /// Builds every index now, in a fixed order, telling `progress` while a graph is being
