@@ -441,7 +441,10 @@ async fn change_gallery<R: Send + 'static>(
         let result = change(&mut gallery)?;
         gallery.save()?;
         drop(gallery);
-        Ok((result, Gallery::open(&location, &model)?))
+        let saved = Gallery::open(&location, &model)?;
+        // Built here, off the async workers: a large gallery's graph takes minutes.
+        saved.build_indexes();
+        Ok((result, saved))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))??;
