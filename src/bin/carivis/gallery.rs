@@ -493,11 +493,12 @@ fn index(location: &Location) -> Result<ExitCode> {
     let bar = ProgressBar::hidden();
     let summaries = gallery.build_indexes_reporting(|p| {
         let what = format!("{} branch, {} entries", p.branch.name(), p.modality);
-        if bar.is_hidden() || bar.message() != what {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        if bar.message() != what {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             restyle(&bar, "{msg} [{bar:30}] {pos}/{len} in the graph, eta {eta}");
-            bar.set_message(what);
             bar.set_length(p.vectors as u64);
+            bar.set_message(what);
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
         bar.set_position(p.inserted as u64);
     });
