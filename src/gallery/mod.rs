@@ -795,14 +795,16 @@ impl Gallery {
     }
 
     fn modality_index(&self, branch: Branch, modality: Modality) -> &ModalityIndex {
-        self.modality_index_reporting(branch, modality, &|_| {})
+        self.modality_index_reporting(branch, modality, &|_, _| {})
     }
 
+    /// The index, built on first use, telling `progress` (vectors in, vectors in all) while
+    /// its graph is built.
     fn modality_index_reporting(
         &self,
         branch: Branch,
         modality: Modality,
-        progress: &dyn Fn(usize),
+        progress: &dyn Fn(usize, usize),
     ) -> &ModalityIndex {
         self.indexes[&(branch, modality)].get_or_init(|| {
             let entries: Vec<usize> = (0..self.manifest.entries.len())
@@ -813,12 +815,13 @@ impl Gallery {
                 .flat_map(|&i| self.branch_vector(i, branch).iter().copied())
                 .collect();
             let (dim, params) = (self.manifest.model.dim, self.manifest.settings.hnsw);
+            let progress = |inserted| progress(inserted, entries.len());
             let index = match &self.backend {
                 Backend::Folder { dir, .. } => {
                     let file = store::graph_file(dir, branch.name(), modality);
-                    Index::build_stored(vectors, dim, params, &file, progress)
+                    Index::build_stored(vectors, dim, params, &file, &progress)
                 }
-                Backend::Postgres(_) => Index::build(vectors, dim, params, progress),
+                Backend::Postgres(_) => Index::build(vectors, dim, params, &progress),
             };
             ModalityIndex { index, entries }
         })
@@ -859,14 +862,8 @@ impl Gallery {
         keys.into_iter()
             .map(|(branch, modality)| {
                 let started = std::time::Instant::now();
-                let entries = self
-                    .manifest
-                    .entries
-                    .iter()
-                    .filter(|e| e.modality == modality);
-                let vectors = entries.count();
                 let built = std::cell::Cell::new(false);
-                let report = |inserted| {
+                let report = |inserted, vectors| {
                     built.set(true);
                     progress(IndexProgress {
                         branch,
@@ -875,10 +872,8 @@ impl Gallery {
                         vectors,
                     })
                 };
-                let index = &self
-                    .modality_index_reporting(branch, modality, &report)
-                    .index;
-                let origin = match (index.has_graph(), built.get()) {
+                let modality_index = self.modality_index_reporting(branch, modality, &report);
+                let origin = match (modality_index.index.has_graph(), built.get()) {
                     (false, _) => IndexOrigin::Exact,
                     (true, true) => IndexOrigin::GraphBuilt,
                     (true, false) => IndexOrigin::GraphKept,
@@ -886,7 +881,7 @@ impl Gallery {
                 IndexSummary {
                     branch,
                     modality,
-                    vectors,
+                    vectors: modality_index.entries.len(),
                     origin,
                     seconds: started.elapsed().as_secs_f64(),
                 }
@@ -1006,12 +1001,16 @@ pub fn branch_of(embedding: &Embedding, branch: Branch) -> Option<&[f32]> {
     }
 }
 
+/// Galleries of a 3-d single-branch model, for the tests of this module and of the pipeline.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use super::NewEntry;
+    use super::store::{Enrolment, ModelId};
     use crate::embed::l2_normalised;
+    use crate::types::{Embedding, Modality};
 
-    fn model() -> ModelId {
+    /// A model with one 3-d shared branch.
+    pub fn model() -> ModelId {
         ModelId {
             file: "m.onnx".into(),
             sha256: "abc".into(),
@@ -1020,7 +1019,8 @@ mod tests {
         }
     }
 
-    fn embedding(v: [f32; 3]) -> Embedding {
+    /// The model's embedding of `v`, normalised.
+    pub fn embedding(v: [f32; 3]) -> Embedding {
         Embedding {
             shared: l2_normalised(v.to_vec()),
             photo: None,
@@ -1028,7 +1028,8 @@ mod tests {
         }
     }
 
-    fn entry(name: &str, modality: Modality) -> NewEntry {
+    /// An entry of `name` and `modality` from a made-up image.
+    pub fn entry(name: &str, modality: Modality) -> NewEntry {
         NewEntry {
             name: name.into(),
             modality,
@@ -1036,9 +1037,15 @@ mod tests {
             source_sha256: "00".into(),
             bbox: [0.0; 4],
             landmarks: None,
-            enrolment: store::Enrolment::FivePoint,
+            enrolment: Enrolment::FivePoint,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{embedding, entry, model};
+    use super::*;
 
     #[test]
     fn a_large_folder_gallerys_graph_is_built_with_progress_then_read_from_the_folder() {

@@ -997,40 +997,19 @@ fn feed_sink(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::l2_normalised;
-    use crate::gallery::store::{Enrolment, ModelId};
-    use crate::gallery::{IndexOrigin, NewEntry};
-    use crate::types::{Embedding, Modality};
-
-    fn model() -> ModelId {
-        ModelId {
-            file: "m.onnx".into(),
-            sha256: "abc".into(),
-            branches: vec!["shared".into()],
-            dim: 3,
-        }
-    }
+    use crate::gallery::IndexOrigin;
+    use crate::gallery::test_support::{embedding, entry, model};
+    use crate::types::Modality;
 
     /// A saved folder gallery of 10,000 photos, large enough that its graph takes a while.
     fn large_gallery(path: &std::path::Path) {
         let mut gallery = Gallery::create(path, model()).unwrap();
         for i in 0..10_000 {
             let angle = i as f32 * 0.001;
-            let embedding = Embedding {
-                shared: l2_normalised(vec![angle.cos(), angle.sin(), (i % 13) as f32 * 0.05]),
-                photo: None,
-                caricature: None,
-            };
-            let entry = NewEntry {
-                name: format!("p{i}"),
-                modality: Modality::Photo,
-                source: "/x.jpg".into(),
-                source_sha256: "00".into(),
-                bbox: [0.0; 4],
-                landmarks: None,
-                enrolment: Enrolment::FivePoint,
-            };
-            gallery.add(entry, &embedding).unwrap();
+            let photo = embedding([angle.cos(), angle.sin(), (i % 13) as f32 * 0.05]);
+            gallery
+                .add(entry(&format!("p{i}"), Modality::Photo), &photo)
+                .unwrap();
         }
         gallery.save().unwrap();
     }
