@@ -455,35 +455,60 @@ pub fn run(
         if let Some(error) = capture_errors.into_iter().next() {
             tracing::warn!("{error}");
         }
-        let elapsed = started.elapsed();
-        let mut latency = Samples::default();
-        sinked
-            .sources
-            .iter()
-            .for_each(|s| latency.extend(s.latency.clone()));
-        let per_source = source_reports(&names, sinked.sources, counters, elapsed);
-        let mut report = RunReport::new(
-            config.pacing,
-            elapsed,
-            per_source,
-            counters.stage_errors.load(Ordering::SeqCst),
-            vec![
-                detect_time.stats("detect+align"),
-                embed.0.stats("embed"),
-                annotate.0.stats("match+track+render"),
-                sinked.time.stats("sink"),
-            ],
-            latency.stats("capture→sink latency"),
-            vec![
-                detect_queue.stats("queue: capture→detect"),
-                embed.1.stats("queue: detect→embed"),
-                annotate.1.stats("queue: embed→match"),
-            ],
-        );
-        report.gallery_reloads = counters.gallery_reloads.load(Ordering::SeqCst);
-        report.gallery_outages = counters.gallery_outages.load(Ordering::SeqCst);
-        Ok(report)
+        let times = StageTimes {
+            detect: (detect_time, detect_queue),
+            embed,
+            annotate,
+        };
+        Ok(run_report(config, started, &names, sinked, counters, times))
     })
+}
+
+/// Per-stage samples of a run: each stage's work times and the waits in its input queue.
+struct StageTimes {
+    detect: (Samples, Samples),
+    embed: (Samples, Samples),
+    annotate: (Samples, Samples),
+}
+
+/// The run's report: per-source counts and latencies, per-stage times and queue waits, and
+/// the gallery's reloads and outages.
+fn run_report(
+    config: &PipelineConfig,
+    started: Instant,
+    names: &[String],
+    sinked: Sinked,
+    counters: &Counters,
+    times: StageTimes,
+) -> RunReport {
+    let elapsed = started.elapsed();
+    let mut latency = Samples::default();
+    sinked
+        .sources
+        .iter()
+        .for_each(|s| latency.extend(s.latency.clone()));
+    let per_source = source_reports(names, sinked.sources, counters, elapsed);
+    let mut report = RunReport::new(
+        config.pacing,
+        elapsed,
+        per_source,
+        counters.stage_errors.load(Ordering::SeqCst),
+        vec![
+            times.detect.0.stats("detect+align"),
+            times.embed.0.stats("embed"),
+            times.annotate.0.stats("match+track+render"),
+            sinked.time.stats("sink"),
+        ],
+        latency.stats("capture→sink latency"),
+        vec![
+            times.detect.1.stats("queue: capture→detect"),
+            times.embed.1.stats("queue: detect→embed"),
+            times.annotate.1.stats("queue: embed→match"),
+        ],
+    );
+    report.gallery_reloads = counters.gallery_reloads.load(Ordering::SeqCst);
+    report.gallery_outages = counters.gallery_outages.load(Ordering::SeqCst);
+    report
 }
 
 /// A source's detection state at the start; sources start their cycles of full detection at

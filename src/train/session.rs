@@ -1199,12 +1199,7 @@ fn train(
     if trainer.steps_done() == 0 {
         report_before(&dlib, &trainer, prepared, events)?;
     }
-    std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io {
-        path: run_dir.clone(),
-        source,
-    })?;
-    let mut steps = CsvLog::open(&run_dir.join("steps.csv"), &step_header(), !resuming)?;
-    let mut epochs = CsvLog::open(&run_dir.join("epochs.csv"), EPOCH_HEADER, !resuming)?;
+    let (mut steps, mut epochs) = open_logs(run_dir, resuming)?;
     let train_started = Instant::now();
     let epochs_wanted = config.options.epochs;
     let per_epoch = trainer.steps_per_epoch(&prepared.train);
@@ -1251,30 +1246,16 @@ fn train(
             unseen: holdout.as_ref(),
             mean_weight,
         });
-        let mixed = mix_branches(
+        if let Some((better, cross)) = keep_if_better(
             config,
             prepared,
-            trainer.branch_weights()?,
-            &validation,
+            &trainer,
+            (epoch, validation, holdout),
             &dlib,
-        )?;
-        let improved = best.as_ref().is_none_or(|b| {
-            config.select.score(&mixed.validation) > config.select.score(&b.validation)
-        });
-        if improved {
-            let weights = mixed.weights;
-            export(&prepared.descriptor, &weights, &run_dir.join(BEST_MODEL))?;
-            best_cross = Some(weights[0].clone());
-            let unseen = unseen_of(&weights[0], &weights[1], prepared, config.split.seed)?;
-            best = Some(Best {
-                epoch,
-                validation: mixed.validation,
-                holdout,
-                photo_is_dlib: mixed.photo_mix == 0.0,
-                shared_mix: mixed.shared_mix,
-                photo_mix: mixed.photo_mix,
-                unseen,
-            });
+            &best,
+        )? {
+            best = Some(better);
+            best_cross = Some(cross);
         }
         save_checkpoint(
             config,
@@ -1291,22 +1272,7 @@ fn train(
             reason: "no epoch was trained (--epochs is not above the checkpoint's epoch)",
         });
     };
-    let mut plots = Vec::new();
-    match (&best_cross, &prepared.holdout) {
-        (Some(cross), Some(holdout)) => {
-            plots.push(embed_map(
-                cross,
-                prepared,
-                holdout,
-                run_dir,
-                config.split.seed,
-            )?);
-        }
-        (None, Some(_)) => tracing::warn!(
-            "no embedding map of the unseen people: the best epoch was trained before this run resumed"
-        ),
-        _ => {}
-    }
+    let plots = unseen_embed_map(best_cross.as_ref(), prepared, config)?;
     finish(
         config,
         prepared,
@@ -1316,6 +1282,81 @@ fn train(
         elapsed(),
         train_started,
     )
+}
+
+/// The run folder's step and epoch logs, started anew unless the run resumes.
+fn open_logs(run_dir: &Path, resuming: bool) -> Result<(CsvLog, CsvLog), TrainError> {
+    std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io {
+        path: run_dir.to_path_buf(),
+        source,
+    })?;
+    Ok((
+        CsvLog::open(&run_dir.join("steps.csv"), &step_header(), !resuming)?,
+        CsvLog::open(&run_dir.join("epochs.csv"), EPOCH_HEADER, !resuming)?,
+    ))
+}
+
+/// Mixes the epoch's trained branches with dlib's; when the mix scores above the best so far
+/// on validation, exports it as the run's best model and returns the new best with its
+/// cross-modal branch.
+fn keep_if_better(
+    config: &TrainConfig,
+    prepared: &Prepared,
+    trainer: &Trainer,
+    (epoch, validation, holdout): (usize, Validation, Option<Validation>),
+    dlib: &Validation,
+    best: &Option<Best>,
+) -> Result<Option<(Best, BranchWeights)>, TrainError> {
+    let mixed = mix_branches(
+        config,
+        prepared,
+        trainer.branch_weights()?,
+        &validation,
+        dlib,
+    )?;
+    let improved = best.as_ref().is_none_or(|b| {
+        config.select.score(&mixed.validation) > config.select.score(&b.validation)
+    });
+    if !improved {
+        return Ok(None);
+    }
+    let weights = mixed.weights;
+    export(
+        &prepared.descriptor,
+        &weights,
+        &config.run_dir.join(BEST_MODEL),
+    )?;
+    let unseen = unseen_of(&weights[0], &weights[1], prepared, config.split.seed)?;
+    let best = Best {
+        epoch,
+        validation: mixed.validation,
+        holdout,
+        photo_is_dlib: mixed.photo_mix == 0.0,
+        shared_mix: mixed.shared_mix,
+        photo_mix: mixed.photo_mix,
+        unseen,
+    };
+    Ok(Some((best, weights[0].clone())))
+}
+
+/// The t-SNE map of the held-out people by the best cross-modal branch, when there are
+/// held-out people and that branch was trained in this run.
+fn unseen_embed_map(
+    best_cross: Option<&BranchWeights>,
+    prepared: &Prepared,
+    config: &TrainConfig,
+) -> Result<Vec<PathBuf>, TrainError> {
+    let Some(holdout) = &prepared.holdout else {
+        return Ok(Vec::new());
+    };
+    let Some(cross) = best_cross else {
+        tracing::warn!(
+            "no embedding map of the unseen people: the best epoch was trained before this run resumed"
+        );
+        return Ok(Vec::new());
+    };
+    let map = embed_map(cross, prepared, holdout, &config.run_dir, config.split.seed)?;
+    Ok(vec![map])
 }
 
 /// People of the embedding map.
