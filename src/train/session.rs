@@ -1252,7 +1252,7 @@ fn train(
             &trainer,
             (epoch, validation, holdout),
             &dlib,
-            &best,
+            best.as_ref(),
         )? {
             best = Some(better);
             best_cross = Some(cross);
@@ -1305,7 +1305,7 @@ fn keep_if_better(
     trainer: &Trainer,
     (epoch, validation, holdout): (usize, Validation, Option<Validation>),
     dlib: &Validation,
-    best: &Option<Best>,
+    best: Option<&Best>,
 ) -> Result<Option<(Best, BranchWeights)>, TrainError> {
     let mixed = mix_branches(
         config,
@@ -1314,7 +1314,7 @@ fn keep_if_better(
         &validation,
         dlib,
     )?;
-    let improved = best.as_ref().is_none_or(|b| {
+    let improved = best.is_none_or(|b| {
         config.select.score(&mixed.validation) > config.select.score(&b.validation)
     });
     if !improved {
